@@ -1,0 +1,61 @@
+"""Sampling and inversion loops, written out over diffusers' DDIM schedulers.
+
+All images are (B, 3, H, W) in [-1, 1]; identities (B, id_dim); noise (B, 3, H, W) ~ N(0, I).
+A fresh scheduler is made per call: `set_timesteps` mutates it, and the apps run
+several requests at once.
+"""
+from __future__ import annotations
+
+import torch
+
+from .schedule import make_inverse_scheduler, make_scheduler, noise_variance
+
+
+def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 10,
+                extra_features_fn=None, grad: bool = False) -> torch.Tensor:
+    """GEN(identity, noise): deterministic DDIM (eta = 0) from pure noise to an image.
+
+    `grad=True` keeps the graph, so a loss on the output reaches `noise` (Img2Noise
+    training backpropagates through the whole sampling chain, paper Sec. 4).
+    """
+    sched = make_scheduler()
+    sched.set_timesteps(steps, device=noise.device)
+    x = noise
+    b = noise.shape[0]
+    with torch.set_grad_enabled(grad):
+        for t in sched.timesteps:
+            var = noise_variance(sched, t.expand(b))
+            extra = extra_features_fn() if extra_features_fn is not None else None
+            eps = unet(x, var, identity, extra_features=extra)
+            x = sched.step(eps, t, x).prev_sample
+    return x.clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def ddim_invert(unet, image: torch.Tensor, identity: torch.Tensor, steps: int = 10,
+                extra_features_fn=None) -> torch.Tensor:
+    """DDIM inversion: image + identity -> the noise that `ddim_sample` maps back to it."""
+    sched = make_inverse_scheduler()
+    sched.set_timesteps(steps, device=image.device)
+    x = image
+    b = image.shape[0]
+    for t in sched.timesteps:
+        var = noise_variance(sched, t.expand(b))
+        extra = extra_features_fn() if extra_features_fn is not None else None
+        eps = unet(x, var, identity, extra_features=extra)
+        x = sched.step(eps, t, x).prev_sample
+    # The last step lands on alpha-bar(t=1) = 0.02^2: x is already ~unit-variance noise.
+    return x
+
+
+@torch.no_grad()
+def sample_prior(prior, num: int, generator: torch.Generator, steps: int = 50,
+                 device="cpu") -> torch.Tensor:
+    """Draw `num` NEW identity vectors (num, id_dim) from the identity prior."""
+    sched = make_scheduler()
+    sched.set_timesteps(steps, device=device)
+    z = torch.randn(num, prior.config.id_dim, generator=generator).to(device)
+    for t in sched.timesteps:
+        eps = prior(z, noise_variance(sched, t.expand(num)))
+        z = sched.step(eps, t, z).prev_sample
+    return prior.destandardise(z)

@@ -1,0 +1,367 @@
+"""`ReIDEngine`: the one object the apps and scripts use.
+
+Everything crosses this boundary as PIL images, numpy arrays and plain Python
+values; tensors, devices and weight files stay inside.
+
+    engine = ReIDEngine.from_pretrained("weights")
+    ids = engine.sample_identities(4, seed=0)           # (4, 32) new identities
+    images = engine.generate(ids, seed=[0, 1, 2, 3])   # 4 PIL images
+    inv = engine.invert(Image.open("person.jpg"))      # identity, noise, reconstruction
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import Preset
+from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageError, cache_dir, load_image,
+                   parse_market_name, to_array, to_tensor, to_uint8, DatasetError)
+from .diffusion import ddim_invert, ddim_sample, sample_prior
+from .metrics import pairwise_distance
+from .models import IdentityEncoder, IdentityPrior, IdentityUNet
+
+ProgressFn = Callable[[float, str], None]
+COMPONENTS = ("generator", "prior", "img2id", "img2noise")
+
+
+class WeightsError(FileNotFoundError):
+    """A weights folder that is missing or lacks a component; the message lists what is needed."""
+
+
+@dataclass
+class Inversion:
+    """identity (id_dim,), noise (3, H, W) float32, the model-size input and its reconstruction."""
+    identity: np.ndarray
+    noise: np.ndarray
+    input: Image.Image
+    reconstruction: Image.Image
+    psnr: float
+
+
+@dataclass
+class Match:
+    """One search hit: a gallery image (path, pid, camid; -1 where unknown) and its distance."""
+    path: str
+    pid: int
+    camid: int
+    distance: float
+
+
+@dataclass
+class IdentityMatch:
+    """A training identity: its row in the table, the raw dataset pid and the distance."""
+    index: int
+    pid: int
+    distance: float
+
+
+@dataclass
+class Gallery:
+    """An indexed gallery: features (N, id_dim), paths, pids/camids (-1 where unknown)."""
+    features: np.ndarray
+    paths: list[str]
+    pids: np.ndarray
+    camids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images of the same shape (peak 255)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def resolve_weights(path_or_repo: str | os.PathLike) -> Path:
+    """A local folder, or a Hugging Face Hub model repo id fetched with huggingface_hub."""
+    p = Path(path_or_repo).expanduser()
+    if p.exists():
+        return p
+    text = str(path_or_repo)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+        try:
+            return Path(snapshot_download(repo_id=text))
+        except Exception as e:  # offline, missing repo, auth: all the same to the user
+            raise WeightsError(f"could not fetch weights {text!r} from the Hugging Face Hub: {e}") from None
+    raise WeightsError(f"weights folder {p} does not exist")
+
+
+class ReIDEngine:
+    """Hosts the generator, identity prior, Img2ID and Img2Noise of one trained preset."""
+
+    def __init__(self, preset: Preset, generator: IdentityUNet, prior: IdentityPrior,
+                 img2id: IdentityEncoder, img2noise: IdentityUNet, identity_pids: Sequence[int],
+                 device: str = "cpu", baseline=None, pose=None):
+        self.preset = preset
+        self.device = device
+        self.generator = generator.to(device).eval()
+        self.prior = prior.to(device).eval()
+        self.img2id = img2id.to(device).eval()
+        self.img2noise = img2noise.to(device).eval()
+        self.baseline = baseline.to(device).eval() if baseline is not None else None
+        self.pose = pose
+        self.identity_pids = np.asarray(identity_pids, dtype=np.int64)
+        self.identity_table = generator.identity_embedding.weight.detach().float().cpu().numpy()
+        self.gallery: Gallery | None = None
+        self._gallery_lock = threading.Lock()
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike = "weights", device: str | None = None,
+                        load_baseline: bool = True) -> "ReIDEngine":
+        root = resolve_weights(path_or_repo)
+        missing = [c for c in COMPONENTS if not (root / c / "config.json").exists()]
+        if not (root / "preset.json").exists():
+            missing.insert(0, "preset.json")
+        if missing:
+            raise WeightsError(f"{root} is not a complete weights folder: missing {', '.join(missing)} "
+                               f"(train one with: python -m reid_core.train --data DIR --out {root})")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        preset = Preset.load(root / "preset.json")
+        load = dict(torch_dtype=torch.float32, low_cpu_mem_usage=False)
+        gen = IdentityUNet.from_pretrained(root / "generator", **load)
+        prior = IdentityPrior.from_pretrained(root / "prior", **load)
+        img2id = IdentityEncoder.from_pretrained(root / "img2id", **load)
+        img2noise = IdentityUNet.from_pretrained(root / "img2noise", **load)
+        ids_file = root / "identities.json"
+        pids = json.loads(ids_file.read_text())["pids"] if ids_file.exists() else \
+            list(range(gen.config.num_identities))
+        baseline = None
+        if load_baseline and (root / "baseline" / "config.json").exists():
+            from .baseline import BaselineNet
+            baseline = BaselineNet.from_pretrained(root / "baseline", **load)
+        return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline)
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.preset.image_size)
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.identity_table)
+
+    def prepare(self, image) -> np.ndarray:
+        """Any image (path, bytes, PIL, array; any size/mode) -> uint8 (H, W, 3) at model size."""
+        return to_array(load_image(image), self.image_size)
+
+    def _batch(self, images: Iterable) -> torch.Tensor:
+        arrs = [self.prepare(im) for im in images]
+        if not arrs:
+            raise ImageError("no images given")
+        return to_tensor(np.stack(arrs)).to(self.device)
+
+    def resolve_identity(self, identity) -> np.ndarray:
+        """An int (row of the training table), a (id_dim,) vector or a (B, id_dim) batch -> (B, id_dim)."""
+        if isinstance(identity, (int, np.integer)):
+            if not 0 <= identity < self.num_identities:
+                raise ValueError(f"identity index {identity} out of range 0..{self.num_identities - 1}")
+            return self.identity_table[[int(identity)]]
+        v = np.asarray(identity, dtype=np.float32)
+        if v.ndim == 1:
+            v = v[None]
+        if v.ndim != 2 or v.shape[1] != self.preset.id_dim:
+            raise ValueError(f"identity must be an index or vectors of size {self.preset.id_dim}, got shape {v.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("identity vector holds NaN or infinity")
+        return v
+
+    def noise(self, seed: int | Sequence[int]) -> np.ndarray:
+        """(B, 3, H, W) standard normal noise, one per seed, identical on every machine."""
+        seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+        h, w = self.image_size
+        return np.stack([torch.randn((3, h, w), generator=torch.Generator().manual_seed(int(s))).numpy()
+                         for s in seeds])
+
+    # ------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, identity, seed: int | Sequence[int] | None = 0, noise: np.ndarray | None = None,
+                 steps: int | None = None) -> list[Image.Image]:
+        """GEN(identity, noise) -> list of PIL images at model size.
+
+        identities (N) and seeds/noises (M) broadcast: N == 1 or M == 1 or N == M.
+        """
+        ids = self.resolve_identity(identity)
+        if noise is None:
+            if seed is None:
+                raise ValueError("give a seed or a noise")
+            z = self.noise(seed)
+        else:
+            z = np.asarray(noise, dtype=np.float32)
+            z = z[None] if z.ndim == 3 else z
+            if z.shape[1:] != (3, *self.image_size):
+                raise ValueError(f"noise must have shape (B, 3, {self.image_size[0]}, {self.image_size[1]})")
+        n, m = len(ids), len(z)
+        if n != m:
+            if n == 1:
+                ids = np.repeat(ids, m, 0)
+            elif m == 1:
+                z = np.repeat(z, n, 0)
+            else:
+                raise ValueError(f"{n} identities and {m} noises do not broadcast")
+        steps = steps or self.preset.sample_steps
+        if not 1 <= steps <= 1000:
+            raise ValueError("steps must lie in 1..1000")
+        x = ddim_sample(self.generator, torch.from_numpy(ids).to(self.device),
+                        torch.from_numpy(z).to(self.device), steps)
+        return [Image.fromarray(a) for a in to_uint8(x)]
+
+    @torch.inference_mode()
+    def sample_identities(self, n: int, seed: int = 0) -> np.ndarray:
+        """(n, id_dim) NEW identities drawn from the identity prior."""
+        if not 1 <= n <= 10_000:
+            raise ValueError("n must lie in 1..10000")
+        g = torch.Generator().manual_seed(int(seed))
+        return sample_prior(self.prior, n, g, self.preset.prior_sample_steps, self.device).cpu().numpy()
+
+    def vary(self, identity, dim: int, values: Sequence[float], seed: int = 0) -> list[Image.Image]:
+        """Move ONE identity dimension through `values` with the noise fixed (paper Fig. 11)."""
+        base = self.resolve_identity(identity)
+        if len(base) != 1:
+            raise ValueError("vary takes one identity")
+        if not 0 <= dim < self.preset.id_dim:
+            raise ValueError(f"dim must lie in 0..{self.preset.id_dim - 1}")
+        ids = np.repeat(base, len(values), 0)
+        ids[:, dim] = np.asarray(values, dtype=np.float32)
+        return self.generate(ids, noise=self.noise(seed))
+
+    # ------------------------------------------------------------ inversion
+    @torch.inference_mode()
+    def embed(self, images: Iterable, batch_size: int = 256) -> np.ndarray:
+        """Img2ID: images -> (N, id_dim) identity vectors (the re-ID feature)."""
+        images = list(images)
+        out = []
+        for i in range(0, len(images), batch_size):
+            out.append(self.img2id(self._batch(images[i:i + batch_size])).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.preset.id_dim), np.float32)
+
+    @torch.inference_mode()
+    def embed_arrays(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Img2ID on uint8 (N, H, W, 3) arrays already at model size (benchmarks, indexing)."""
+        out = []
+        for i in range(0, len(images_u8), batch_size):
+            x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
+            out.append(self.img2id(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.preset.id_dim), np.float32)
+
+    @torch.inference_mode()
+    def invert(self, image, method: str = "img2noise", identity=None) -> Inversion:
+        """Image -> (identity, noise) with GEN(noise, identity) ~ image.
+
+        method "img2noise" uses the trained network (one pass); "ddim" runs DDIM
+        inversion with the generator (`sample_steps` passes). The identity is
+        Img2ID's unless given.
+        """
+        arr = self.prepare(image)
+        x = to_tensor(arr[None]).to(self.device)
+        ident = torch.from_numpy(self.resolve_identity(identity)).to(self.device) if identity is not None \
+            else self.img2id(x).float()
+        if method == "img2noise":
+            z = self.img2noise(x).float()
+        elif method == "ddim":
+            z = ddim_invert(self.generator, x, ident, self.preset.sample_steps)
+        else:
+            raise ValueError("method must be 'img2noise' or 'ddim'")
+        rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
+        return Inversion(ident[0].cpu().numpy(), z[0].cpu().numpy(), Image.fromarray(arr),
+                         Image.fromarray(rec), psnr(arr, rec))
+
+    # ------------------------------------------------------------ retrieval
+    def nearest_identities(self, vector, k: int = 5) -> list[IdentityMatch]:
+        """The k training identities closest (Euclidean) to an identity vector."""
+        v = self.resolve_identity(vector)
+        d = pairwise_distance(v, self.identity_table)[0]
+        order = np.argsort(d, kind="stable")[:max(1, k)]
+        return [IdentityMatch(int(i), int(self.identity_pids[i]), float(d[i])) for i in order]
+
+    def index_gallery(self, folder: str | os.PathLike, progress: ProgressFn | None = None,
+                      use_cache: bool = True) -> Gallery:
+        """Embed every image of a folder (a Market layout's bounding_box_test, or plain images).
+
+        Names that parse as Market-1501 give pid and camera; other images get -1.
+        Features are cached on disk, keyed by the weights and the files' names and sizes.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DatasetError(f"gallery folder {folder} does not exist")
+        sub = folder / SPLIT_FOLDERS["gallery"]
+        root = sub if sub.is_dir() else folder
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{root}: no images (.jpg, .png, .bmp) found")
+        pids, camids = [], []
+        for p in files:
+            try:
+                pid, cam = parse_market_name(p.name)
+            except DatasetError:
+                pid, cam = -1, -1
+            pids.append(pid)
+            camids.append(cam)
+        key = hashlib.sha1(repr((self._weights_key(), [(str(p), p.stat().st_size) for p in files]))
+                           .encode()).hexdigest()[:16]
+        path = cache_dir() / f"gallery-{key}.npz"
+        if use_cache and path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                feats = z["features"]
+        else:
+            feats = np.zeros((len(files), self.preset.id_dim), np.float32)
+            batch = 128
+            for i in range(0, len(files), batch):
+                chunk = []
+                for p in files[i:i + batch]:
+                    try:
+                        chunk.append(self.prepare(p))
+                    except ImageError as e:
+                        raise DatasetError(f"{p}: {e}") from None
+                feats[i:i + len(chunk)] = self.embed_arrays(np.stack(chunk))
+                if progress is not None:
+                    progress(min(1.0, (i + len(chunk)) / len(files)), f"indexed {i + len(chunk)}/{len(files)}")
+            if use_cache:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+                np.savez(tmp, features=feats)
+                os.replace(tmp, path)
+        gallery = Gallery(feats, [str(p) for p in files], np.array(pids), np.array(camids))
+        with self._gallery_lock:
+            self.gallery = gallery
+        return gallery
+
+    def add_to_gallery(self, images: Sequence, names: Sequence[str] | None = None) -> Gallery:
+        """Add uploaded images to the in-memory gallery (created if none)."""
+        feats = self.embed(images)
+        names = list(names) if names is not None else [f"upload-{i}" for i in range(len(feats))]
+        with self._gallery_lock:
+            g = self.gallery
+            if g is None:
+                g = Gallery(np.zeros((0, self.preset.id_dim), np.float32), [], np.zeros(0, int), np.zeros(0, int))
+            self.gallery = Gallery(np.concatenate([g.features, feats]), g.paths + names,
+                                   np.concatenate([g.pids, -np.ones(len(feats), int)]),
+                                   np.concatenate([g.camids, -np.ones(len(feats), int)]))
+            return self.gallery
+
+    def search(self, image, k: int = 10) -> list[Match]:
+        """The k gallery images nearest to a photo (Euclidean distance between Img2ID vectors)."""
+        gallery = self.gallery
+        if gallery is None or len(gallery) == 0:
+            raise ValueError("no gallery indexed yet: index a folder or upload gallery photos first")
+        q = self.embed([image])
+        d = pairwise_distance(q, gallery.features)[0]
+        k = max(1, min(k, len(d)))
+        top = np.argpartition(d, k - 1)[:k]
+        top = top[np.argsort(d[top], kind="stable")]
+        return [Match(gallery.paths[i], int(gallery.pids[i]), int(gallery.camids[i]), float(d[i])) for i in top]
+
+    def _weights_key(self) -> str:
+        w = self.img2id.stem.weight.detach().flatten()[:64].cpu().numpy().tobytes()
+        return hashlib.sha1(w + self.preset.to_json().encode()).hexdigest()

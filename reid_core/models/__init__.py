@@ -1,0 +1,6 @@
+"""Networks of the engine: one file per model family."""
+from .encoder import IdentityEncoder
+from .prior import IdentityPrior
+from .unet import IdentityUNet
+
+__all__ = ["IdentityEncoder", "IdentityPrior", "IdentityUNet"]
