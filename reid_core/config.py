@@ -53,6 +53,13 @@ class Preset:
     img2noise_lr: float = 3e-4
     img2noise_recon_weight: float = 1.0              # loss through the sampling chain (paper Sec. 4)
     img2noise_recon_every: int = 1                   # apply it every k-th step (it costs `sample_steps` passes)
+    # pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator
+    pose_steps: int = 20_000
+    pose_batch: int = 16
+    pose_lr: float = 1e-4
+    pose_dropout: float = 0.15                       # share of batches' samples trained without a pose
+    pose_render_scale: int = 2                       # skeletons drawn at this multiple of the image size
+    pose_library_size: int = 8
     # conventional baseline (BoT-style), trained on the same images
     baseline_widths: tuple[int, ...] = (32, 64, 128, 256)
     baseline_steps: int = 8_000
@@ -80,12 +87,13 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny", image_size=(16, 8), channels=(8, 16), layers_per_block=1,
-        gen_steps=150, gen_batch=32, gen_lr=2e-3, gen_warmup=10, ema_decay=0.9,
+        gen_steps=120, gen_batch=32, gen_lr=2e-3, gen_warmup=10, ema_decay=0.9,
         prior_hidden=32, prior_layers=2, prior_steps=100, prior_batch=64, prior_lr=3e-3,
         prior_sample_steps=10, enc_channels=(8, 16), enc_layers_per_block=1,
-        img2id_steps=120, img2id_batch=32, img2id_lr=3e-3, synth_images=64,
-        noise_channels=(8, 16), noise_layers_per_block=1, img2noise_steps=60,
+        img2id_steps=80, img2id_batch=32, img2id_lr=3e-3, synth_images=64,
+        noise_channels=(8, 16), noise_layers_per_block=1, img2noise_steps=40,
         img2noise_batch=16, img2noise_lr=3e-3, img2noise_recon_every=4,
+        pose_steps=40, pose_batch=16, pose_lr=2e-3,
         baseline_widths=(8, 16), baseline_steps=40, checkpoint_every=50),
     "cpu": Preset(
         name="cpu", channels=(32, 64, 128, 256), layers_per_block=1,
@@ -94,6 +102,7 @@ PRESETS: dict[str, Preset] = {
         img2id_steps=2_500, img2id_batch=64, img2id_lr=5e-4, synth_images=2048,
         noise_channels=(32, 64, 128), noise_layers_per_block=1, img2noise_steps=1_000,
         img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0,
+        pose_steps=800, pose_batch=32, pose_lr=3e-4,
         baseline_steps=2_000, checkpoint_every=250),
     "paper": Preset(name="paper"),
     "hires": Preset(

@@ -103,6 +103,8 @@ def load_image(source) -> Image.Image:
         except FileNotFoundError:
             raise ImageError(f"{source}: file not found") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
+            if "runcated" in str(e):
+                raise ImageError(f"the image is damaged or truncated: {e}") from None
             raise ImageError(f"not an image file (JPEG, PNG, ...): {e}") from None
     w, h = img.size
     if w * h > MAX_PIXELS:

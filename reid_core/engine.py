@@ -27,10 +27,14 @@ from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageError, cache_dir, load_im
                    parse_market_name, to_array, to_tensor, to_uint8, DatasetError)
 from .diffusion import ddim_invert, ddim_sample, sample_prior
 from .metrics import pairwise_distance
-from .models import IdentityEncoder, IdentityPrior, IdentityUNet
+from .models import IdentityEncoder, IdentityPrior, IdentityUNet, PoseEncoder
 
 ProgressFn = Callable[[float, str], None]
 COMPONENTS = ("generator", "prior", "img2id", "img2noise")
+
+
+class PoseNotFound(ValueError):
+    """A photo given as a pose in which no person could be found."""
 
 
 class WeightsError(FileNotFoundError):
@@ -102,7 +106,8 @@ class ReIDEngine:
 
     def __init__(self, preset: Preset, generator: IdentityUNet, prior: IdentityPrior,
                  img2id: IdentityEncoder, img2noise: IdentityUNet, identity_pids: Sequence[int],
-                 device: str = "cpu", baseline=None, pose=None):
+                 device: str = "cpu", baseline=None, pose_generator: IdentityUNet | None = None,
+                 pose_encoder: PoseEncoder | None = None, pose_library: list | None = None):
         self.preset = preset
         self.device = device
         self.generator = generator.to(device).eval()
@@ -110,7 +115,11 @@ class ReIDEngine:
         self.img2id = img2id.to(device).eval()
         self.img2noise = img2noise.to(device).eval()
         self.baseline = baseline.to(device).eval() if baseline is not None else None
-        self.pose = pose
+        self.pose_generator = pose_generator.to(device).eval() if pose_generator is not None else None
+        self.pose_encoder = pose_encoder.to(device).eval() if pose_encoder is not None else None
+        self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
+        self._pose_extractor = None
+        self._pose_lock = threading.Lock()
         self.identity_pids = np.asarray(identity_pids, dtype=np.int64)
         self.identity_table = generator.identity_embedding.weight.detach().float().cpu().numpy()
         self.gallery: Gallery | None = None
@@ -141,7 +150,13 @@ class ReIDEngine:
         if load_baseline and (root / "baseline" / "config.json").exists():
             from .baseline import BaselineNet
             baseline = BaselineNet.from_pretrained(root / "baseline", **load)
-        return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline)
+        pose_gen = pose_enc = None
+        if (root / "pose_generator" / "config.json").exists() and (root / "pose_encoder" / "config.json").exists():
+            pose_gen = IdentityUNet.from_pretrained(root / "pose_generator", **load)
+            pose_enc = PoseEncoder.from_pretrained(root / "pose_encoder", **load)
+        lib_file = root / "pose_library.json"
+        library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
+        return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library)
 
     # ------------------------------------------------------------ helpers
     @property
@@ -187,10 +202,13 @@ class ReIDEngine:
     # ------------------------------------------------------------ generation
     @torch.inference_mode()
     def generate(self, identity, seed: int | Sequence[int] | None = 0, noise: np.ndarray | None = None,
-                 steps: int | None = None) -> list[Image.Image]:
-        """GEN(identity, noise) -> list of PIL images at model size.
+                 steps: int | None = None, pose=None) -> list[Image.Image]:
+        """GEN(identity, noise[, pose]) -> list of PIL images at model size.
 
         identities (N) and seeds/noises (M) broadcast: N == 1 or M == 1 or N == M.
+        `pose`: None (the identity-only generator), an index into `pose_library()`,
+        (18, 3) OpenPose keypoints (x, y as fractions, confidence), or a photo whose
+        pose is extracted (PoseNotFound when it shows no person).
         """
         ids = self.resolve_identity(identity)
         if noise is None:
@@ -213,9 +231,71 @@ class ReIDEngine:
         steps = steps or self.preset.sample_steps
         if not 1 <= steps <= 1000:
             raise ValueError("steps must lie in 1..1000")
-        x = ddim_sample(self.generator, torch.from_numpy(ids).to(self.device),
-                        torch.from_numpy(z).to(self.device), steps)
+        if pose is None:
+            net, extra_fn = self.generator, None
+        else:
+            feats = self._pose_features(self.resolve_pose(pose)).expand(len(ids), -1, -1, -1)
+            net, extra_fn = self.pose_generator, (lambda: feats)
+        x = ddim_sample(net, torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device),
+                        steps, extra_features_fn=extra_fn)
         return [Image.fromarray(a) for a in to_uint8(x)]
+
+    # ------------------------------------------------------------ poses
+    @property
+    def has_pose_model(self) -> bool:
+        return self.pose_generator is not None
+
+    def pose_library(self) -> list[np.ndarray]:
+        """The representative poses shipped with the weights, (18, 3) each (Pose2ID's rule)."""
+        return [k.copy() for k in self._pose_library]
+
+    def extract_pose(self, image):
+        """The 18 OpenPose keypoints of the person in a photo: a `reid_core.pose.PoseResult`
+        (found=False with a message when there is nobody; never an exception for that)."""
+        from .pose import get_pose_extractor
+        img = load_image(image)
+        with self._pose_lock:
+            if self._pose_extractor is None:
+                self._pose_extractor = get_pose_extractor(os.environ.get("REID_POSE_BACKEND", "mediapipe"))
+            return self._pose_extractor(img)
+
+    def render_pose(self, pose, size: tuple[int, int] | None = None) -> Image.Image:
+        """A skeleton picture (OpenPose colours) of any pose `generate` accepts."""
+        from .pose import render_skeleton
+        h, w = self.image_size
+        return render_skeleton(self.resolve_pose(pose), size or (4 * h, 4 * w))
+
+    def resolve_pose(self, pose) -> np.ndarray:
+        """A library index, (18, 3) keypoints or a photo -> (18, 3) keypoints."""
+        if isinstance(pose, (int, np.integer)):
+            if not 0 <= pose < len(self._pose_library):
+                raise ValueError(f"pose index {pose} out of range: the library holds {len(self._pose_library)} poses")
+            return self._pose_library[int(pose)]
+        if isinstance(pose, (np.ndarray, list, tuple)) and np.asarray(pose).shape == (18, 3):
+            k = np.asarray(pose, np.float32)
+            if not np.isfinite(k).all():
+                raise ValueError("pose keypoints hold NaN or infinity")
+            return k
+        res = self.extract_pose(pose)
+        if not res.found:
+            raise PoseNotFound(f"no pose to follow: {res.message}")
+        return res.keypoints
+
+    def _pose_features(self, keypoints: np.ndarray) -> torch.Tensor:
+        from .pose import render_skeleton_array
+        if self.pose_generator is None:
+            raise ValueError("these weights hold no pose-conditioned generator (train the 'pose' stage)")
+        s = self.pose_encoder.config.render_scale
+        h, w = self.image_size
+        skel = torch.from_numpy(render_skeleton_array(keypoints, (h * s, w * s)))[None].to(self.device)
+        return self.pose_encoder(skel)
+
+    def transfer(self, identity_image, noise_image) -> Image.Image:
+        """The paper's pose transfer: the identity of one photo with the noise (pose,
+        background, light) of another."""
+        ident = self.embed([identity_image])
+        inv = self.invert(noise_image)
+        return self.generate(ident, noise=inv.noise[None])[0]
 
     @torch.inference_mode()
     def sample_identities(self, n: int, seed: int = 0) -> np.ndarray:

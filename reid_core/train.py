@@ -30,7 +30,7 @@ from .diffusion import ddim_invert, ddim_sample, sample_prior
 from .models import IdentityEncoder, IdentityPrior, IdentityUNet
 from .schedule import NUM_TRAIN_TIMESTEPS, make_scheduler, noise_variance
 
-STAGES = ("generator", "prior", "img2id", "img2noise", "baseline")
+STAGES = ("generator", "prior", "img2id", "img2noise", "pose", "baseline")
 _STAGE_SALT = {name: i + 1 for i, name in enumerate(STAGES)}
 
 
@@ -97,8 +97,12 @@ class Stage:
 
     def __init__(self, name: str, out: Path, preset: Preset, total: int, lr: float, warmup: int,
                  modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
-                 ema: EMAModel | None = None, resume: bool = False, progress: bool = True):
+                 ema: EMAModel | None = None, resume: bool = False, progress: bool = True,
+                 ema_params: list | None = None):
         self.name, self.out, self.preset, self.total = name, out, preset, total
+        # the parameters the EMA tracks: by default those of the first module
+        self.ema_params = ema_params if ema_params is not None else \
+            list(next(iter(modules.values())).parameters())
         self.lr, self.warmup, self.modules, self.opt, self.ema = lr, warmup, modules, opt, ema
         self.progress = progress
         self.ckpt = out / "checkpoints" / f"{name}.pt"
@@ -130,10 +134,11 @@ class Stage:
             loss = step_fn(step, step_generator(self.preset.seed, self.name, step))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for m in self.modules.values() for p in m.parameters()], 1.0)
+            torch.nn.utils.clip_grad_norm_([p for m in self.modules.values() for p in m.parameters()
+                                            if p.requires_grad], 1.0)
             self.opt.step()
             if self.ema is not None:
-                self.ema.step(next(iter(self.modules.values())).parameters())
+                self.ema.step(self.ema_params)
             self.history.append(loss.item())
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(self.history[-50:]):.4f}")
@@ -370,14 +375,155 @@ def train_img2noise(images, labels, generator, prior, preset: Preset, out: Path,
     return net
 
 
+POSE_FILES = ("poses18.json.gz", "keypoints.json.gz")
+
+
+def find_pose_file(data) -> Path | None:
+    """The dataset's pose annotations: our 18-keypoint file, else the 33-landmark one."""
+    for name in POSE_FILES:
+        if (Path(data) / name).exists():
+            return Path(data) / name
+    return None
+
+
+def pose_keypoints(pose_file: Path, paths: list[str]) -> list:
+    """(18, 3) keypoints or None for each image path, from an annotation file keyed 'folder/name'."""
+    from .pose import load_pose_annotations
+    ann = load_pose_annotations(pose_file)
+    return [ann.get(f"{Path(p).parent.name}/{Path(p).name}") for p in paths]
+
+
+def render_pose_bank(keypoints: list, size: tuple[int, int], scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Skeletons (and their mirror images) as uint8 (N, s*H, s*W, 3); an all-black canvas where no pose."""
+    from .pose import flip_keypoints, render_skeleton
+    h, w = size[0] * scale, size[1] * scale
+    plain = np.zeros((len(keypoints), h, w, 3), np.uint8)
+    flipped = np.zeros_like(plain)
+    for i, k in enumerate(keypoints):
+        if k is not None:
+            plain[i] = np.asarray(render_skeleton(k, (h, w)))
+            flipped[i] = np.asarray(render_skeleton(flip_keypoints(k), (h, w)))
+    return plain, flipped
+
+
+def train_pose(images, labels, paths, data, generator, preset: Preset, out: Path, device: str,
+               resume: bool, progress: bool):
+    """Pose2ID-style pose guidance: fine-tune the generator with a zero-initialised pose encoder.
+
+    Each sample's skeleton (from the dataset's annotations) is encoded and added to
+    the U-Net's stem features; with probability `pose_dropout`, and where no pose was
+    found, the pose is dropped, so the model also runs without one. The identity
+    table stays frozen: Img2ID and the prior live in its space.
+    """
+    from .models import PoseEncoder
+    pose_file = find_pose_file(data)
+    if pose_file is None:
+        raise FileNotFoundError(f"no pose annotations in {data} (expected one of {POSE_FILES}; "
+                                f"make one with scripts/extract_poses.py)")
+    kps = pose_keypoints(pose_file, paths)
+    has_pose = torch.tensor([k is not None for k in kps])
+    plain, flipped = render_pose_bank(kps, preset.image_size, preset.pose_render_scale)
+    plain_t, flipped_t = to_tensor(plain), to_tensor(flipped)
+
+    torch.manual_seed(preset.seed)
+    gen = IdentityUNet.from_config(generator.config).to(device)
+    gen.load_state_dict(generator.state_dict())
+    gen.identity_embedding.requires_grad_(False)
+    enc = PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0]).to(device)
+    params = [p for p in gen.parameters() if p.requires_grad] + list(enc.parameters())
+    opt = torch.optim.AdamW(params, lr=preset.pose_lr, weight_decay=0.0)
+    ema = EMAModel(params, decay=preset.ema_decay)
+    ema.to(device)
+    sched = make_scheduler()
+    stage = Stage("pose", out, preset, preset.pose_steps, preset.pose_lr, min(200, preset.pose_steps // 5),
+                  {"pose_generator": gen, "pose_encoder": enc}, opt, ema, resume, progress, ema_params=params)
+
+    def step_fn(step, g):
+        idx = torch.randint(0, len(images), (preset.pose_batch,), generator=g)
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        x0 = torch.where(flip[:, None, None, None], images[idx].flip(3), images[idx]).to(device)
+        skel = torch.where(flip[:, None, None, None], flipped_t[idx], plain_t[idx]).to(device)
+        keep = (has_pose[idx] & (torch.rand(len(idx), generator=g) >= preset.pose_dropout)).to(device)
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(idx),), generator=g)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        x_t = sched.add_noise(x0, eps, t.to(device))
+        with autocast(device):
+            feats = enc(skel) * keep[:, None, None, None]
+            pred = gen(x_t, noise_variance(sched, t).to(device), gen.identity_embedding(labels[idx].to(device)),
+                       extra_features=feats)
+        return F.l1_loss(pred.float(), eps)
+
+    gen.train()
+    enc.train()
+    t0 = time.perf_counter()
+    hist = stage.run(step_fn)
+    ema.copy_to(params)
+    gen.eval().save_pretrained(out / "pose_generator")
+    enc.eval().save_pretrained(out / "pose_encoder")
+    _write_log(out, "pose", {"steps": preset.pose_steps, "wall_s": time.perf_counter() - t0,
+                             "pose_file": pose_file.name, "with_pose": int(has_pose.sum()),
+                             "loss_first": hist[:20], "loss_last": float(np.mean(hist[-100:]))})
+    return gen, enc
+
+
+def build_pose_library(images_u8: np.ndarray, labels: np.ndarray, paths: list[str], kps: list,
+                       img2id, preset: Preset, out: Path, device: str) -> dict:
+    """Pose2ID's representative poses: per identity, the annotated image closest to the
+    identity's mean Img2ID feature; then `pose_library_size` distinct poses among them
+    (k-means on neck-centred, torso-scaled keypoints; each cluster's medoid), ordered by
+    body direction (signed shoulder width: facing the camera ... facing away)."""
+    from sklearn.cluster import KMeans
+    from .pose import normalised_pose
+    with torch.inference_mode():
+        feats = torch.cat([img2id(to_tensor(images_u8[i:i + 256]).to(device)).float().cpu()
+                           for i in range(0, len(images_u8), 256)]).numpy()
+    reps, rep_idx = [], []
+    for lab in np.unique(labels):
+        members = [i for i in np.flatnonzero(labels == lab) if kps[i] is not None]
+        vecs = [normalised_pose(kps[i]) for i in members]
+        members = [m for m, v in zip(members, vecs) if v is not None]
+        if not members:
+            continue
+        centre = feats[labels == lab].mean(0)
+        best = min(members, key=lambda i: float(np.sum((feats[i] - centre) ** 2)))
+        reps.append(normalised_pose(kps[best]))
+        rep_idx.append(best)
+    reps = np.stack(reps)
+    # identical poses (common on synthetic data) would leave k-means clusters empty
+    _, first = np.unique(reps.round(3), axis=0, return_index=True)
+    first = np.sort(first)
+    reps, rep_idx = reps[first], [rep_idx[i] for i in first]
+    k = min(preset.pose_library_size, len(reps))
+    km = KMeans(n_clusters=k, n_init=10, random_state=preset.seed).fit(reps)
+    chosen = []
+    for c in range(k):
+        members = np.flatnonzero(km.labels_ == c)
+        chosen.append(rep_idx[members[np.argmin(((reps[members] - km.cluster_centers_[c]) ** 2).sum(1))]])
+
+    def direction(i):  # OpenPose: r_shoulder=2, l_shoulder=5; facing the camera puts the right one on the left
+        return float(kps[i][5, 0] - kps[i][2, 0])
+
+    chosen.sort(key=direction, reverse=True)
+    lib = {"format": "openpose18", "coords": "fraction_xy",
+           "poses": [np.round(kps[i], 4).tolist() for i in chosen],
+           "sources": [f"{Path(paths[i]).parent.name}/{Path(paths[i]).name}" for i in chosen],
+           "rule": "Pose2ID: per-identity image nearest the mean Img2ID feature; k-means medoids; "
+                   "ordered by signed shoulder width"}
+    (out / "pose_library.json").write_text(json.dumps(lib))
+    return lib
+
+
 def train_baseline_stage(images_u8: np.ndarray, labels: np.ndarray, preset: Preset, out: Path,
                          device: str, resume: bool, progress: bool):
     from .baseline import BaselineTrainConfig, train_baseline
     t0 = time.perf_counter()
-    cfg = BaselineTrainConfig(steps=preset.baseline_steps, seed=preset.seed,
+    num_ids = int(labels.max()) + 1
+    cfg = BaselineTrainConfig(steps=preset.baseline_steps, seed=preset.seed, P=min(16, num_ids),
+                              warmup_steps=min(500, preset.baseline_steps // 10),
                               checkpoint_every=preset.checkpoint_every)
-    model_cfg = {"sample_size": tuple(preset.image_size), "num_classes": int(labels.max()) + 1,
-                 "widths": tuple(preset.baseline_widths)}
+    model_cfg = {"sample_size": tuple(preset.image_size), "num_classes": num_ids,
+                 "widths": tuple(preset.baseline_widths),
+                 "blocks_per_stage": (1,) * len(preset.baseline_widths)}
     model = train_baseline(images_u8, labels, model_cfg, cfg, out / "baseline", resume=resume,
                            device=device, progress=progress)
     _write_log(out, "baseline", {"steps": preset.baseline_steps, "wall_s": time.perf_counter() - t0})
@@ -385,6 +531,23 @@ def train_baseline_stage(images_u8: np.ndarray, labels: np.ndarray, preset: Pres
 
 
 # ---------------------------------------------------------------- driver
+
+_SCHEDULE_FIELDS = ("_steps", "checkpoint_every")
+
+
+def check_resumable(saved: Preset, asked: Preset, where) -> None:
+    """A resumed run may change how long stages train (step counts), nothing else:
+    other fields shape the networks or the data the checkpoints were made with."""
+    import dataclasses
+    diff = [f.name for f in dataclasses.fields(Preset)
+            if getattr(saved, f.name) != getattr(asked, f.name)]
+    fixed = [d for d in diff if not d.endswith(_SCHEDULE_FIELDS)]
+    if fixed:
+        raise ValueError(f"{where} was trained with other {', '.join(fixed)}; "
+                         f"use a new --out, or the same values to resume")
+    for d in diff:
+        print(f"resume: {d} {getattr(saved, d)} -> {getattr(asked, d)} (the lr schedule follows the new length)")
+
 
 def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
           stages=STAGES, resume: bool = False, device: str | None = None, progress: bool = True) -> Path:
@@ -396,9 +559,8 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     out.mkdir(parents=True, exist_ok=True)
     preset_path = out / "preset.json"
-    if resume and preset_path.exists() and Preset.load(preset_path) != preset:
-        raise ValueError(f"{preset_path} holds another preset than the one asked for; "
-                         f"use a new --out or the same preset to resume")
+    if resume and preset_path.exists():
+        check_resumable(Preset.load(preset_path), preset, preset_path)
     preset.save(preset_path)
     split = load_split(data, "train", preset.image_size, progress=progress)
     labels_np, uniq = relabel(split.pids)
@@ -425,6 +587,16 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
     if "img2noise" in stages and not (resume and _done(out, "img2noise")):
         gen, prior = need_gen(), need_prior()
         train_img2noise(images, labels, gen, prior, preset, out, device, resume, progress)
+    if "pose" in stages:
+        if find_pose_file(data) is None:
+            print(f"pose stage skipped: no pose annotations in {data} ({' or '.join(POSE_FILES)})")
+        else:
+            if not (resume and _done(out, "pose_generator")):
+                train_pose(images, labels, split.paths, data, need_gen(), preset, out, device, resume, progress)
+            if not (resume and (out / "pose_library.json").exists()):
+                img2id = IdentityEncoder.from_pretrained(out / "img2id").to(device).eval()
+                kps = pose_keypoints(find_pose_file(data), split.paths)
+                build_pose_library(split.images, labels_np, split.paths, kps, img2id, preset, out, device)
     if "baseline" in stages and not (resume and _done(out, "baseline")):
         train_baseline_stage(split.images, labels_np, preset, out, device, resume, progress)
     return out

@@ -1,0 +1,44 @@
+"""Shared fixtures: a synthetic Market-layout dataset and tiny weights trained on it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Decoded-image and gallery caches go to a temp folder, never the user's home."""
+    os.environ["REID_CACHE"] = str(tmp_path_factory.mktemp("reid-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_market(tmp_path_factory) -> Path:
+    from reid_core.synthetic import make_synthetic_market
+    return make_synthetic_market(tmp_path_factory.mktemp("market"), num_train_ids=8, num_test_ids=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, synthetic_market) -> Path:
+    """A complete weights folder of the `tiny` preset, trained once per test session."""
+    from reid_core.config import get_preset
+    from reid_core.train import train
+    out = tmp_path_factory.mktemp("tiny-weights")
+    train(synthetic_market, get_preset("tiny"), out, progress=False, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "bounding_box_train").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (the ../shared folder beside the project); "
+                    "integration tests on cuhk03-pair1 need it")
+    return SHARED_DATA
