@@ -369,7 +369,8 @@ class ReIDEngine:
                       use_cache: bool = True) -> Gallery:
         """Embed every image of a folder (a Market layout's bounding_box_test, or plain images).
 
-        Names that parse as Market-1501 give pid and camera; other images get -1.
+        Names that parse as Market-1501 give pid and camera (junk, pid -1, is dropped);
+        other images get pid and camera -1.
         Features are cached on disk, keyed by the weights and the files' names and sizes.
         """
         folder = Path(folder)
@@ -380,14 +381,19 @@ class ReIDEngine:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DatasetError(f"{root}: no images (.jpg, .png, .bmp) found")
-        pids, camids = [], []
+        pids, camids, kept = [], [], []
         for p in files:
             try:
                 pid, cam = parse_market_name(p.name)
             except DatasetError:
-                pid, cam = -1, -1
+                pid, cam = -1, -1  # a plain photo: no identity known
+            else:
+                if pid == -1:
+                    continue  # Market-1501 junk, dropped as its protocol does
+            kept.append(p)
             pids.append(pid)
             camids.append(cam)
+        files = kept
         key = hashlib.sha1(repr((self._weights_key(), [(str(p), p.stat().st_size) for p in files]))
                            .encode()).hexdigest()[:16]
         path = cache_dir() / f"gallery-{key}.npz"

@@ -406,6 +406,12 @@ def render_pose_bank(keypoints: list, size: tuple[int, int], scale: int) -> tupl
     return plain, flipped
 
 
+def pose_keep_mask(has_pose: torch.Tensor, dropout: float, g: torch.Generator) -> torch.Tensor:
+    """Which samples of a batch see their pose: those that have one, less a `dropout` share,
+    so the pose-conditioned generator also learns to run without a pose."""
+    return has_pose & (torch.rand(len(has_pose), generator=g) >= dropout)
+
+
 def train_pose(images, labels, paths, data, generator, preset: Preset, out: Path, device: str,
                resume: bool, progress: bool):
     """Pose2ID-style pose guidance: fine-tune the generator with a zero-initialised pose encoder.
@@ -443,7 +449,7 @@ def train_pose(images, labels, paths, data, generator, preset: Preset, out: Path
         flip = torch.rand(len(idx), generator=g) < 0.5
         x0 = torch.where(flip[:, None, None, None], images[idx].flip(3), images[idx]).to(device)
         skel = torch.where(flip[:, None, None, None], flipped_t[idx], plain_t[idx]).to(device)
-        keep = (has_pose[idx] & (torch.rand(len(idx), generator=g) >= preset.pose_dropout)).to(device)
+        keep = pose_keep_mask(has_pose[idx], preset.pose_dropout, g).to(device)
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(idx),), generator=g)
         eps = torch.randn(x0.shape, generator=g).to(device)
         x_t = sched.add_noise(x0, eps, t.to(device))
@@ -572,14 +578,14 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
         gen = train_generator(images, labels, len(uniq), preset, out, device, resume, progress)
 
     def need_gen():
-        return gen if gen is not None else IdentityUNet.from_pretrained(out / "generator").to(device).eval()
+        return gen if gen is not None else IdentityUNet.from_pretrained(out / "generator", low_cpu_mem_usage=False).to(device).eval()
 
     if "prior" in stages and not (resume and _done(out, "prior")):
         gen = need_gen()
         prior = train_prior(gen, preset, out, device, resume, progress)
 
     def need_prior():
-        return prior if prior is not None else IdentityPrior.from_pretrained(out / "prior").to(device).eval()
+        return prior if prior is not None else IdentityPrior.from_pretrained(out / "prior", low_cpu_mem_usage=False).to(device).eval()
 
     if "img2id" in stages and not (resume and _done(out, "img2id")):
         gen, prior = need_gen(), need_prior()
@@ -594,7 +600,7 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
             if not (resume and _done(out, "pose_generator")):
                 train_pose(images, labels, split.paths, data, need_gen(), preset, out, device, resume, progress)
             if not (resume and (out / "pose_library.json").exists()):
-                img2id = IdentityEncoder.from_pretrained(out / "img2id").to(device).eval()
+                img2id = IdentityEncoder.from_pretrained(out / "img2id", low_cpu_mem_usage=False).to(device).eval()
                 kps = pose_keypoints(find_pose_file(data), split.paths)
                 build_pose_library(split.images, labels_np, split.paths, kps, img2id, preset, out, device)
     if "baseline" in stages and not (resume and _done(out, "baseline")):

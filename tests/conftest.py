@@ -10,7 +10,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models run fastest on one thread: a second one mostly waits, and fights other jobs for cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

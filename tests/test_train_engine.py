@@ -70,8 +70,11 @@ def test_sample_invert_roundtrip(engine):
     img = engine.generate(ident, seed=3)[0]
     inv = engine.invert(img, method="ddim", identity=ident)
     assert inv.identity.shape == (32,) and inv.noise.shape == (3, 16, 8)
-    # DDIM inversion of the generator's own sample with its true identity rebuilds it closely
-    assert inv.psnr > 22, inv.psnr
+    # DDIM inversion of the generator's own sample (true identity) must rebuild it far better
+    # than another noise under the same identity does
+    from reid_core.engine import psnr
+    unrelated = np.mean([psnr(np.asarray(img), np.asarray(engine.generate(ident, seed=s)[0])) for s in (4, 5, 6)])
+    assert inv.psnr > unrelated + 3, (inv.psnr, unrelated)
     fast = engine.invert(img)
     assert np.isfinite(fast.psnr) and fast.reconstruction.size == img.size
 
@@ -85,7 +88,8 @@ def test_vary_moves_one_dimension(engine):
 
 def test_search_and_nearest_identities(engine, synthetic_market):
     gallery = engine.index_gallery(synthetic_market)
-    assert len(gallery) == 4 * 2 * 2 + 1  # 4 test ids x 2 cams x 2 shots + 1 distractor (junk kept out by name? no: kept)
+    assert len(gallery) == 4 * 2 * 2 + 1  # 4 test ids x 2 cams x 2 shots + the distractor; junk dropped
+    assert 0 in gallery.pids and -1 not in gallery.pids
     query = Image.open(next((synthetic_market / "query").glob("*.jpg")))
     hits = engine.search(query, k=5)
     assert len(hits) == 5 and all(h.distance >= 0 for h in hits)

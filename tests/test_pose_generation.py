@@ -1,0 +1,82 @@
+"""Pose-conditioned generation on the tiny preset: every kind of pose, dropout, the library."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reid_core.engine import PoseNotFound, ReIDEngine
+from reid_core.models import IdentityUNet, PoseEncoder
+from reid_core.pose import flip_keypoints
+from reid_core.train import pose_keep_mask
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights):
+    return ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+
+
+def test_pose_stage_outputs(tiny_weights, engine):
+    assert (tiny_weights / "pose_generator" / "config.json").exists()
+    assert (tiny_weights / "pose_encoder" / "config.json").exists()
+    lib = json.loads((tiny_weights / "pose_library.json").read_text())
+    assert len(lib["poses"]) == len(lib["sources"]) >= 1
+    assert engine.has_pose_model and len(engine.pose_library()) == len(lib["poses"])
+    assert all(k.shape == (18, 3) for k in engine.pose_library())
+
+
+def test_generate_with_every_kind_of_pose(engine, synthetic_market):
+    by_index = engine.generate(1, seed=[0, 1], pose=0)
+    by_keypoints = engine.generate(1, seed=[0, 1], pose=engine.pose_library()[0])
+    for a, b in zip(by_index, by_keypoints):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    photo = Image.open(next((synthetic_market / "query").glob("*.jpg")))
+    from_photo = engine.generate(1, seed=0, pose=photo)
+    assert from_photo[0].size == by_index[0].size
+    # the pose changes the picture: another pose, same identity and noise
+    moved = engine.pose_library()[0].copy()
+    moved[:, 0] = np.clip(moved[:, 0] + 0.25, 0, 1)
+    other = engine.generate(1, seed=0, pose=moved)[0]
+    assert not np.array_equal(np.asarray(other), np.asarray(by_index[0]))
+
+
+def test_pose_errors_are_plain(engine):
+    with pytest.raises(PoseNotFound, match="no person"):
+        engine.generate(0, seed=0, pose=Image.new("RGB", (64, 128), (0, 0, 0)))
+    with pytest.raises(ValueError, match="out of range"):
+        engine.generate(0, seed=0, pose=99)
+    with pytest.raises(ValueError, match="NaN"):
+        engine.generate(0, seed=0, pose=np.full((18, 3), np.nan))
+
+
+def test_zero_initialised_guider_starts_from_the_identity_only_generator():
+    torch.manual_seed(0)
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4)
+    torch.nn.init.normal_(unet.head.weight, std=0.1)
+    enc = PoseEncoder(render_scale=2, out_channels=8)
+    x, var, ident = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
+    feats = enc(torch.rand(2, 3, 32, 16) * 2 - 1)
+    assert feats.shape == (2, 8, 16, 8) and torch.count_nonzero(feats) == 0
+    torch.testing.assert_close(unet(x, var, ident, extra_features=feats), unet(x, var, ident))
+
+
+def test_pose_dropout_rate_and_missing_poses():
+    g = torch.Generator().manual_seed(0)
+    has = torch.ones(20_000, dtype=torch.bool)
+    keep = pose_keep_mask(has, 0.15, g)
+    assert abs(1 - keep.float().mean().item() - 0.15) < 0.01
+    has[::2] = False
+    assert not pose_keep_mask(has, 0.0, g)[::2].any(), "images without a pose never get one"
+
+
+def test_flip_swaps_left_and_right():
+    k = np.zeros((18, 3), np.float32)
+    k[2] = [0.2, 0.3, 1.0]   # right shoulder
+    k[5] = [0.7, 0.3, 0.9]   # left shoulder
+    f = flip_keypoints(k)
+    np.testing.assert_allclose(f[5], [0.8, 0.3, 1.0])
+    np.testing.assert_allclose(f[2], [0.3, 0.3, 0.9])
+    np.testing.assert_allclose(flip_keypoints(f), k)
