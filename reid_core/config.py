@@ -44,7 +44,7 @@ class Preset:
     synth_images: int = 8192                         # generated images (prior identities) in the bank
     synth_fraction: float = 0.25                     # share of each Img2ID batch taken from the bank
     proto_weight: float = 1.0                        # prototype cross-entropy on real images
-    proto_temperature: float = 0.05
+    proto_temperature: float = 0.1                   # relative to the table's mean squared row distance
     # Img2Noise
     noise_channels: tuple[int, ...] = (48, 96, 192, 384)
     noise_layers_per_block: int = 2

@@ -269,7 +269,7 @@ def train_img2id(images, labels, generator, prior, preset: Preset, out: Path, de
     """Paper Sec. 4: regress emb(id) (MSE) on real and generated images.
 
     On real images we add a prototype cross-entropy over the identity table
-    (logits = -||f - emb_j||^2 / tau): it keeps Img2ID's output in the generator's
+    (logits = -||f - emb_j||^2 / (tau * mean squared row distance)): it keeps Img2ID's output in the generator's
     identity space but pushes it towards the right row, not just near it.
     """
     torch.manual_seed(preset.seed)
@@ -280,6 +280,9 @@ def train_img2id(images, labels, generator, prior, preset: Preset, out: Path, de
     opt = torch.optim.AdamW(enc.parameters(), lr=preset.img2id_lr, weight_decay=1e-4)
     stage = Stage("img2id", out, preset, preset.img2id_steps, preset.img2id_lr, 200,
                   {"img2id": enc}, opt, None, resume, progress)
+    # The temperature is relative to the rows' mean squared distance, so the prototype loss
+    # is equally sharp whatever scale the jointly learned table settled at.
+    table_sq_dist = torch.pdist(table).pow(2).mean().clamp_min(1e-8)
     n_syn = int(round(preset.img2id_batch * preset.synth_fraction))
     n_real = preset.img2id_batch - n_syn
 
@@ -297,7 +300,7 @@ def train_img2id(images, labels, generator, prior, preset: Preset, out: Path, de
         target = torch.cat(parts_t)
         loss = F.mse_loss(f, target) / target.pow(2).mean()
         if preset.proto_weight:
-            logits = -torch.cdist(f[:n_real], table).pow(2) / preset.proto_temperature
+            logits = -torch.cdist(f[:n_real], table).pow(2) / (preset.proto_temperature * table_sq_dist)
             loss = loss + preset.proto_weight * F.cross_entropy(logits, y, label_smoothing=0.1)
         return loss
 
