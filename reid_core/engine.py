@@ -357,6 +357,28 @@ class ReIDEngine:
         return Inversion(ident[0].cpu().numpy(), z[0].cpu().numpy(), Image.fromarray(arr),
                          Image.fromarray(rec), psnr(arr, rec))
 
+    @torch.inference_mode()
+    def reconstruct_arrays(self, images_u8: np.ndarray, method: str = "img2noise",
+                           batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batched `invert` on uint8 (N, H, W, 3) model-size images.
+
+        Returns reconstructions uint8 (N, H, W, 3), identities (N, id_dim), noises (N, 3, H, W).
+        """
+        recs, ids, zs = [], [], []
+        for i in range(0, len(images_u8), batch_size):
+            x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
+            ident = self.img2id(x).float()
+            if method == "img2noise":
+                z = self.img2noise(x).float()
+            elif method == "ddim":
+                z = ddim_invert(self.generator, x, ident, self.preset.sample_steps)
+            else:
+                raise ValueError("method must be 'img2noise' or 'ddim'")
+            recs.append(to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps)))
+            ids.append(ident.cpu().numpy())
+            zs.append(z.cpu().numpy())
+        return np.concatenate(recs), np.concatenate(ids), np.concatenate(zs)
+
     # ------------------------------------------------------------ retrieval
     def nearest_identities(self, vector, k: int = 5) -> list[IdentityMatch]:
         """The k training identities closest (Euclidean) to an identity vector."""

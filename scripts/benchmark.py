@@ -1,0 +1,346 @@
+"""How the project stands: re-ID, generation, inversion, poses and speed, in one command.
+
+    python scripts/benchmark.py [--weights weights] [--data ../shared/datasets/cuhk03-pair1] [--quick]
+
+Writes docs/BENCHMARKS.md, docs/benchmarks.json and the pictures in docs/img/. `--quick`
+(under 5 minutes here) uses subsets for the slow parts and says so in the report.
+The test split is only measured, never used to choose anything.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reid_core.data import load_split, relabel  # noqa: E402
+from reid_core.engine import Gallery, ReIDEngine, psnr  # noqa: E402
+from reid_core.evaluate import evaluate  # noqa: E402
+
+TARGETS = {
+    "img2id_mAP": 0.75, "img2id_rank1": 0.85, "identity_consistency": 0.80, "psnr_img2noise": 26.0,
+    "generate_1_p50_ms": 150.0, "pose_found_rate": 0.85, "pose_pck02": 0.80, "pose_fidelity_pck02": 0.70,
+    "pose_extract_p50_ms": 60.0, "identity_kept_gap": 0.05,
+}
+
+
+def timeit(fn, repeats: int, warmup: int = 2) -> dict:
+    for _ in range(warmup):
+        fn()
+    xs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        xs.append(time.perf_counter() - t)
+    xs = np.asarray(xs) * 1000
+    return {"p50_ms": float(np.percentile(xs, 50)), "p95_ms": float(np.percentile(xs, 95)), "n": repeats}
+
+
+def upscale(img: Image.Image, f: int = 3) -> Image.Image:
+    return img.resize((img.width * f, img.height * f), Image.Resampling.NEAREST)
+
+
+def grid(rows: list[list[Image.Image]], f: int = 3, pad: int = 2, labels: list[str] | None = None) -> Image.Image:
+    w, h = rows[0][0].width * f, rows[0][0].height * f
+    left = 90 if labels else 0
+    out = Image.new("RGB", (left + len(rows[0]) * (w + pad) + pad, len(rows) * (h + pad) + pad), (245, 245, 245))
+    d = ImageDraw.Draw(out)
+    for r, row in enumerate(rows):
+        if labels:
+            d.text((4, r * (h + pad) + h // 2), labels[r], fill=(20, 20, 20))
+        for c, im in enumerate(row):
+            out.paste(upscale(im.convert("RGB"), f), (left + pad + c * (w + pad), pad + r * (h + pad)))
+    return out
+
+
+def noise_image(z: np.ndarray) -> Image.Image:
+    """(3, H, W) noise clipped to [-2.5, 2.5] and mapped to an image, as the paper shows it."""
+    a = ((np.clip(z, -2.5, 2.5) + 2.5) / 5.0 * 255).round().astype(np.uint8)
+    return Image.fromarray(a.transpose(1, 2, 0))
+
+
+# ---------------------------------------------------------------- sections
+
+def bench_reid(engine, data) -> dict:
+    out = {"img2id": evaluate(engine, data, "img2id", progress=False)}
+    if engine.baseline is not None:
+        out["baseline"] = evaluate(engine, data, "baseline", progress=False)
+    return out
+
+
+def generate_rows(engine, rows: np.ndarray, seeds: list[int], pose=None, batch: int = 256) -> np.ndarray:
+    """uint8 images for every (row, seed) pair, row-major."""
+    ids = np.repeat(engine.identity_table[rows], len(seeds), 0)
+    noise = np.concatenate([engine.noise([int(r) * 1000 + s for s in seeds]) for r in rows])
+    out = []
+    for i in range(0, len(ids), batch):
+        imgs = engine.generate(ids[i:i + batch], noise=noise[i:i + batch], pose=pose)
+        out.append(np.stack([np.asarray(im) for im in imgs]))
+    return np.concatenate(out)
+
+
+def bench_consistency(engine, data, quick: bool) -> dict:
+    from reid_core.baseline import classify_images
+    if engine.baseline is None:
+        return {"skipped": "no baseline in these weights"}
+    n = engine.num_identities
+    rows = np.arange(n) if not quick else np.linspace(0, n - 1, 100).astype(int)
+    seeds = list(range(8))
+    t0 = time.perf_counter()
+    imgs = generate_rows(engine, rows, seeds)
+    pred = classify_images(engine.baseline, imgs, device=engine.device)
+    acc = float(np.mean(pred == np.repeat(rows, len(seeds))))
+    # the judge's own accuracy on real training images, the ceiling it can attest
+    train = load_split(data, "train", engine.image_size, progress=False)
+    labels, _ = relabel(train.pids)
+    real_acc = float(np.mean(classify_images(engine.baseline, train.images, device=engine.device) == labels))
+    return {"identity_consistency": acc, "identities": len(rows), "images_per_identity": len(seeds),
+            "judge_accuracy_on_real_train": real_acc, "seconds": time.perf_counter() - t0}
+
+
+def bench_inversion(engine, data, quick: bool) -> dict:
+    from skimage.metrics import structural_similarity
+    q = load_split(data, "query", engine.image_size, progress=False)
+    imgs = q.images[:100] if quick else q.images
+    out = {"images": len(imgs)}
+    for method in ("img2noise", "ddim"):
+        t0 = time.perf_counter()
+        rec, _, _ = engine.reconstruct_arrays(imgs, method)
+        ps = [psnr(a, b) for a, b in zip(imgs, rec)]
+        ss = [structural_similarity(a, b, channel_axis=2, data_range=255, win_size=7) for a, b in zip(imgs, rec)]
+        out[method] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "seconds": time.perf_counter() - t0}
+    return out
+
+
+def bench_speed(engine, weights: Path, quick: bool) -> dict:
+    q = load_split(ROOT.parent / "shared/datasets/cuhk03-pair1", "query", engine.image_size, progress=False) \
+        if (ROOT.parent / "shared/datasets/cuhk03-pair1").exists() else None
+    photo = Image.fromarray(q.images[0]) if q is not None else engine.generate(0, seed=0)[0]
+    r = 10 if quick else 30
+    res = {
+        "generate_1": timeit(lambda: engine.generate(0, seed=0), r),
+        "generate_8": timeit(lambda: engine.generate(0, seed=list(range(8))), max(5, r // 2)),
+        "invert_1": timeit(lambda: engine.invert(photo), r),
+    }
+    batch = np.repeat(q.images[:1], 256, 0) if q is not None else np.zeros((256, *engine.image_size, 3), np.uint8)
+    res["embed_256"] = timeit(lambda: engine.embed_arrays(batch), max(5, r // 3))
+    res["embed_images_per_s"] = 256 / (res["embed_256"]["p50_ms"] / 1000)
+    rng = np.random.default_rng(0)
+    saved = engine.gallery
+    engine.gallery = Gallery(rng.standard_normal((20_000, engine.preset.id_dim)).astype(np.float32) * 0.3,
+                             [f"g{i}" for i in range(20_000)], -np.ones(20_000, int), -np.ones(20_000, int))
+    res["search_top10_in_20000"] = timeit(lambda: engine.search(photo, 10), r)
+    engine.gallery = saved
+    code = ("import time; t = time.perf_counter(); from reid_core.engine import ReIDEngine; "
+            f"e = ReIDEngine.from_pretrained({str(weights)!r}); e.generate(0, seed=0); "
+            "print(time.perf_counter() - t)")
+    colds = [float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip().splitlines()[-1]) for _ in range(2 if quick else 3)]
+    res["cold_start_s"] = {"p50": float(np.median(colds)), "max": float(max(colds))}
+    log = weights / "training_log.json"
+    if log.exists():
+        res["training"] = {k: {kk: v[kk] for kk in ("images_per_s", "wall_s", "device", "steps", "batch") if kk in v}
+                           for k, v in json.loads(log.read_text()).items()}
+    return res
+
+
+def _load_bench_pose():
+    spec = importlib.util.spec_from_file_location("bench_pose", ROOT / "scripts" / "bench_pose.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench_pose(engine, data, quick: bool) -> dict:
+    from reid_core.baseline import classify_images
+    from reid_core.pose import pck
+    if (Path(data) / "keypoints.json.gz").exists():
+        out = {"extraction": _load_bench_pose().run_bench(Path(data), "query", 100 if quick else None,
+                                                          progress=False)}
+    else:
+        out = {"extraction": {"skipped": f"no keypoints.json.gz reference in {data}"}}
+    if not engine.has_pose_model or not engine.pose_library():
+        out["generation"] = {"skipped": "no pose-conditioned generator in these weights"}
+        return out
+    lib = engine.pose_library()
+    n = engine.num_identities
+    rows = np.linspace(0, n - 1, 16 if quick else 64).astype(int)
+    seeds = [0]
+    found = correct = considered = 0
+    per_pose_imgs = []
+    for p, kp in enumerate(lib):
+        imgs = generate_rows(engine, rows, seeds, pose=p)
+        per_pose_imgs.append(imgs)
+        for im in imgs:
+            res = engine.extract_pose(Image.fromarray(im))
+            found += res.found
+            a, b = pck(res.keypoints if res.found else None, kp, 0.2, size=(128, 64), min_conf=0.3)
+            correct, considered = correct + a, considered + b
+    plain = generate_rows(engine, rows, list(range(len(lib))))
+    gen_out = {"identities": len(rows), "poses": len(lib),
+               "pose_found_rate": found / (len(rows) * len(lib)),
+               "pose_fidelity_pck02": correct / max(1, considered)}
+    if engine.baseline is not None:
+        posed = np.concatenate(per_pose_imgs)
+        acc_pose = float(np.mean(classify_images(engine.baseline, posed, device=engine.device)
+                                 == np.tile(rows, len(lib))))
+        acc_plain = float(np.mean(classify_images(engine.baseline, plain, device=engine.device)
+                                  == np.repeat(rows, len(lib))))
+        gen_out.update(identity_kept_with_poses=acc_pose, identity_kept_without_pose=acc_plain,
+                       identity_kept_gap=acc_plain - acc_pose)
+    out["generation"] = gen_out
+    return out
+
+
+def pictures(engine, data, img_dir: Path) -> dict:
+    img_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    trained = [engine.identity_table[i] for i in np.linspace(0, engine.num_identities - 1, 4).astype(int)]
+    new = list(engine.sample_identities(4, seed=7))
+    rows = [engine.generate(v, seed=list(range(8))) for v in trained + new]
+    labels = [f"trained {i}" for i in range(4)] + [f"new {i}" for i in range(4)]
+    grid(rows, labels=labels).save(img_dir / "generated_grid.png")
+    files["generated_grid"] = "img/generated_grid.png"
+    q = load_split(data, "query", engine.image_size, progress=False)
+    sel = q.images[np.linspace(0, len(q) - 1, 8).astype(int)]
+    rec, _, z = engine.reconstruct_arrays(sel, "img2noise")
+    rec_ddim, _, _ = engine.reconstruct_arrays(sel, "ddim")
+    rows = [[Image.fromarray(a) for a in sel], [noise_image(n) for n in z],
+            [Image.fromarray(a) for a in rec], [Image.fromarray(a) for a in rec_ddim]]
+    grid(rows, labels=["original", "noise", "Img2Noise rec.", "DDIM inv. rec."]).save(img_dir / "inversion.png")
+    files["inversion"] = "img/inversion.png"
+    if engine.has_pose_model and engine.pose_library():
+        lib = range(len(engine.pose_library()))
+        h, w = engine.image_size
+        rows = [[engine.render_pose(p, (h, w)) for p in lib]]
+        for v in trained[:2] + new[:2]:
+            rows.append([engine.generate(v, seed=3, pose=p)[0] for p in lib])
+        grid(rows, labels=["pose"] + labels[:2] + labels[4:6]).save(img_dir / "poses.png")
+        files["poses"] = "img/poses.png"
+    return files
+
+
+# ---------------------------------------------------------------- report
+
+def _pct(x):
+    return f"{100 * x:.1f}%"
+
+
+def _mark(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+def report(res: dict) -> str:
+    L = ["# Benchmarks", "",
+         f"Measured by `{res['command']}` on {res['machine']} ({res['date']}), weights `{res['weights']}` "
+         f"(preset `{res['preset']}`). {'QUICK mode: subsets, see counts.' if res['quick'] else ''}", ""]
+    r = res.get("reid")
+    if r:
+        m0 = r["img2id"]
+        L += [f"## Re-identification ({m0['num_query']} queries, {m0['num_gallery']} gallery, Market-1501 protocol)", "",
+              "| model | feature | mAP | Rank-1 | Rank-5 | Rank-10 |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, m in r.items():
+            L.append(f"| {name} | {m['metric']} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['rank10'])} |")
+        L += ["", f"Targets (`paper` preset): Img2ID mAP ≥ 75% {_mark(r['img2id']['mAP'] >= TARGETS['img2id_mAP'])}, "
+                  f"Rank-1 ≥ 85% {_mark(r['img2id']['rank1'] >= TARGETS['img2id_rank1'])}.", ""]
+    c = res.get("consistency")
+    if c and "identity_consistency" in c:
+        L += ["## Generation: identity consistency", "",
+              f"Top-1 accuracy of the baseline classifier on {c['images_per_identity']} generated images (random noise) "
+              f"for each of {c['identities']} training identities: **{_pct(c['identity_consistency'])}** "
+              f"(target ≥ 80% {_mark(c['identity_consistency'] >= TARGETS['identity_consistency'])}). "
+              f"The judge's own accuracy on the real training images: {_pct(c['judge_accuracy_on_real_train'])}.", ""]
+    v = res.get("inversion")
+    if v:
+        L += ["## Inversion: GEN(Img2Noise(x), Img2ID(x)) on the test queries", "",
+              "| method | PSNR (dB) | SSIM |", "| --- | --- | --- |",
+              f"| Img2Noise (one pass) | {v['img2noise']['psnr']:.2f} | {v['img2noise']['ssim']:.3f} |",
+              f"| DDIM inversion (10 steps) | {v['ddim']['psnr']:.2f} | {v['ddim']['ssim']:.3f} |", "",
+              f"{v['images']} query images at the model's resolution; target PSNR ≥ 26 dB "
+              f"{_mark(v['img2noise']['psnr'] >= TARGETS['psnr_img2noise'])}.", ""]
+    s = res.get("speed")
+    if s:
+        L += ["## Speed on this machine (CPU, p50 / p95)", "", "| operation | p50 | p95 |", "| --- | --- | --- |"]
+        for k in ("generate_1", "generate_8", "invert_1", "embed_256", "search_top10_in_20000"):
+            L.append(f"| {k.replace('_', ' ')} | {s[k]['p50_ms']:.1f} ms | {s[k]['p95_ms']:.1f} ms |")
+        L += [f"| engine cold start (import + load + first image) | {s['cold_start_s']['p50']:.2f} s | max {s['cold_start_s']['max']:.2f} s |",
+              "", f"Img2ID embedding: {s['embed_images_per_s']:.0f} images/s in batches of 256. "
+              f"Generate one image ≤ 150 ms p50: {_mark(s['generate_1']['p50_ms'] <= TARGETS['generate_1_p50_ms'])}.", ""]
+        if "training" in s:
+            L += ["Training (from the weights' training log):", "", "| stage | steps | batch | images/s | wall | device |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+            for k, t in s["training"].items():
+                ips = f"{t['images_per_s']:.1f}" if "images_per_s" in t else "–"
+                wall = f"{t['wall_s'] / 60:.1f} min" if "wall_s" in t else "–"
+                L.append(f"| {k} | {t.get('steps', '–')} | {t.get('batch', '–')} | {ips} | {wall} | {t.get('device', 'cpu')} |")
+            L.append("")
+    p = res.get("pose")
+    if p:
+        e = p["extraction"]
+        L += ["## Poses", "", "| figure | measured | target |", "| --- | --- | --- |"]
+        if "skipped" not in e:
+            L += [f"| persons found, stored 128x64 query crops ({e['n_images']}) | {_pct(e['found_rate'])} | ≥ 85% {_mark(e['found_rate'] >= 0.85)} |",
+                  f"| PCK@0.2 vs keypoints.json.gz ({e['pck02_keypoints']} keypoints) | {_pct(e['pck02'])} | ≥ 80% {_mark(e['pck02'] >= 0.80)} |",
+                  f"| extraction latency p50 / p95 | {e['latency_ms_p50']:.1f} / {e['latency_ms_p95']:.1f} ms | ≤ 60 ms {_mark(e['latency_ms_p50'] <= 60)} |"]
+        g = p.get("generation", {})
+        if "pose_fidelity_pck02" in g:
+            L.append(f"| pose fidelity: PCK@0.2, requested vs re-extracted ({g['identities']} ids × {g['poses']} poses; person found in {_pct(g['pose_found_rate'])}) | {_pct(g['pose_fidelity_pck02'])} | ≥ 70% {_mark(g['pose_fidelity_pck02'] >= 0.70)} |")
+        if "identity_kept_gap" in g:
+            L.append(f"| identity kept across the library poses (baseline top-1) | {_pct(g['identity_kept_with_poses'])} vs {_pct(g['identity_kept_without_pose'])} without pose | within 5 points {_mark(g['identity_kept_gap'] <= 0.05)} |")
+        L.append("")
+    pics = res.get("pictures", {})
+    if pics:
+        L += ["## Pictures", ""]
+        titles = {"generated_grid": "Identities (rows: 4 trained, 4 new from the prior) × noises (columns)",
+                  "inversion": "Test queries: original, its noise (clipped to ±2.5), reconstructions",
+                  "poses": "The pose library (top) and identities generated in each pose"}
+        for k, f in pics.items():
+            L += [f"**{titles.get(k, k)}**", "", f"![{k}]({f})", ""]
+    return "\n".join(L)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", type=Path, default=ROOT / "weights")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03-pair1")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--quick", action="store_true", help="subsets of the slow parts; < 5 minutes")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sections", nargs="+",
+                    default=["reid", "consistency", "inversion", "speed", "pose", "pictures"])
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
+    res = {"command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]), "quick": a.quick,
+           "weights": str(a.weights.relative_to(ROOT) if a.weights.is_relative_to(ROOT) else a.weights),
+           "preset": engine.preset.name, "date": time.strftime("%Y-%m-%d"),
+           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+    steps = {"reid": lambda: bench_reid(engine, a.data),
+             "consistency": lambda: bench_consistency(engine, a.data, a.quick),
+             "inversion": lambda: bench_inversion(engine, a.data, a.quick),
+             "speed": lambda: bench_speed(engine, a.weights, a.quick),
+             "pose": lambda: bench_pose(engine, a.data, a.quick),
+             "pictures": lambda: pictures(engine, a.data, a.out / "img")}
+    for name in a.sections:
+        t = time.perf_counter()
+        res[name] = steps[name]()
+        print(f"{name}: {time.perf_counter() - t:.1f} s", flush=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "benchmarks.json").write_text(json.dumps(res, indent=2, default=float))
+    (a.out / "BENCHMARKS.md").write_text(report(res) + "\n")
+    print(f"wrote {a.out / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
