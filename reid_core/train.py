@@ -542,6 +542,7 @@ def train_baseline_stage(images_u8: np.ndarray, labels: np.ndarray, preset: Pres
 # ---------------------------------------------------------------- driver
 
 _SCHEDULE_FIELDS = ("_steps", "checkpoint_every")
+DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise.npy")
 
 
 def check_resumable(saved: Preset, asked: Preset, where) -> None:
@@ -578,6 +579,8 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
 
     gen = prior = None
     if "generator" in stages and not (resume and _done(out, "generator")):
+        for derived in DERIVED_FROM_GENERATOR:  # made by an older generator: stale now
+            (out / "checkpoints" / derived).unlink(missing_ok=True)
         gen = train_generator(images, labels, len(uniq), preset, out, device, resume, progress)
 
     def need_gen():
