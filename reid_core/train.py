@@ -605,7 +605,10 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
         else:
             if not (resume and _done(out, "pose_generator")):
                 train_pose(images, labels, split.paths, data, need_gen(), preset, out, device, resume, progress)
-            if not (resume and (out / "pose_library.json").exists()):
+            if not (out / "img2id" / "config.json").exists():
+                print("pose library skipped: it ranks images by Img2ID, which is not trained yet "
+                      "(run --stages pose --resume once img2id is)")
+            elif not (resume and (out / "pose_library.json").exists()):
                 img2id = IdentityEncoder.from_pretrained(out / "img2id", low_cpu_mem_usage=False).to(device).eval()
                 kps = pose_keypoints(find_pose_file(data), split.paths)
                 build_pose_library(split.images, labels_np, split.paths, kps, img2id, preset, out, device)
