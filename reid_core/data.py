@@ -102,6 +102,8 @@ def load_image(source) -> Image.Image:
             img = Image.open(fp)
         except FileNotFoundError:
             raise ImageError(f"{source}: file not found") from None
+        except Image.DecompressionBombError as e:  # PIL refuses > ~179 Mpixel headers outright
+            raise ImageError(f"image too large: {e}") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             if "runcated" in str(e):
                 raise ImageError(f"the image is damaged or truncated: {e}") from None

@@ -96,6 +96,13 @@ def test_huge_image_is_refused_before_decoding():
         load_image(img)
 
 
+def test_decompression_bomb_header_is_a_plain_error():
+    buf = io.BytesIO()
+    Image.new("1", (20_000, 10_000)).save(buf, "PNG")  # 200 Mpixel header, a few kB of file
+    with pytest.raises(ImageError, match="too large"):
+        load_image(buf.getvalue())
+
+
 def test_modes_and_orientation_are_normalised():
     rgba = Image.new("RGBA", (32, 64), (255, 0, 0, 0))  # fully transparent -> white
     assert load_image(rgba).getpixel((5, 5)) == (255, 255, 255)

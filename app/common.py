@@ -1,0 +1,299 @@
+"""What both apps share: weights/gallery resolution, identity choice, figures, examples.
+
+UI-framework free (no gradio, no streamlit); the model logic stays in `reid_core`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from reid_core.data import ImageError, cache_dir
+from reid_core.explore import IdentityMap, grid, noise_to_image, upscale  # noqa: F401 (re-exported)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+DEMO_DATASET = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
+DEFAULT_WEIGHTS = "weights"
+
+TRAINING, PRIOR, PHOTO = "Training identity", "New identity (prior)", "From a photo"
+IDENTITY_SOURCES = (TRAINING, PRIOR, PHOTO)
+SWAP_SOURCES = (TRAINING, PRIOR)
+METHODS = ("img2noise", "ddim")
+MAX_SEEDS = 16
+SCALE = 4            # display upscaling of model-size images (64x32 -> 256x128)
+MAX_UPLOADS = 200    # photos one visitor may add to their own gallery
+TOO_LARGE = "That photo cannot be used: it is far too large (over 179 Mpixels); send a smaller one."
+BAD_IMAGE = (ImageError, Image.DecompressionBombError)  # what reading an upload can raise
+
+
+def display_scale(engine) -> int:
+    """Nearest-neighbour enlargement for display: x4 at 64x32, more for smaller models."""
+    return max(SCALE, 128 // max(1, engine.image_size[1]))
+
+
+def weights_arg(cli_value: str | None = None) -> str:
+    """--weights, else $REID_WEIGHTS, else `weights/` at the repository root."""
+    if cli_value:
+        return cli_value
+    env = os.environ.get("REID_WEIGHTS")
+    if env:
+        return env
+    return str(ROOT / DEFAULT_WEIGHTS)
+
+
+def gallery_choices(cli_gallery: str | None = None) -> list[str]:
+    """The folders a visitor may index: the one given at start-up and the demo dataset if present.
+
+    Visitors choose among these only: a free-text path would let anyone browse the server's files.
+    """
+    out = []
+    if cli_gallery:
+        out.append(str(Path(cli_gallery).expanduser().resolve()))
+    if DEMO_DATASET.is_dir() and str(DEMO_DATASET.resolve()) not in out:
+        out.append(str(DEMO_DATASET.resolve()))
+    return out
+
+
+def parse_seeds(text, limit: int = MAX_SEEDS) -> list[int]:
+    """'0-3, 7' -> [0, 1, 2, 3, 7]; an int -> [it]. Plain ValueError messages."""
+    if isinstance(text, (int, np.integer)):
+        return [int(text)]
+    text = str(text or "").strip()
+    if not text:
+        raise ValueError("give at least one seed, e.g. 0 or 0-3 or 1, 5, 9")
+    seeds: list[int] = []
+    for part in re.split(r"[,\s]+", text):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if m is None:
+            raise ValueError(f"seed {part!r} is not a whole number or a range like 0-3")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) is not None else a
+        if b < a:
+            raise ValueError(f"range {part!r} runs backwards")
+        if b - a + 1 + len(seeds) > limit:
+            raise ValueError(f"at most {limit} seeds at once")
+        seeds.extend(range(a, b + 1))
+    if any(s >= 2 ** 31 for s in seeds):
+        raise ValueError("seeds must be below 2**31")
+    return seeds
+
+
+def check_index(engine, index) -> int:
+    if index is None or (isinstance(index, float) and not np.isfinite(index)):
+        raise ValueError("choose a training identity index")
+    i = int(index)
+    if i != index or not 0 <= i < engine.num_identities:
+        raise ValueError(f"training identity index must be a whole number in 0..{engine.num_identities - 1}")
+    return i
+
+
+def check_seed(seed) -> int:
+    if seed is None:
+        return 0
+    s = int(seed)
+    if s != seed or not 0 <= s < 2 ** 31:
+        raise ValueError("a seed must be a whole number in 0..2147483647")
+    return s
+
+
+def choose_identity(engine, source: str, index=0, prior_seed=0, photo=None) -> tuple[np.ndarray, str]:
+    """The identity vector (id_dim,) the visitor picked and a short description of it."""
+    if source == TRAINING:
+        i = check_index(engine, index)
+        return engine.identity_table[i].copy(), f"training identity #{i} (dataset pid {engine.identity_pids[i]})"
+    if source == PRIOR:
+        s = check_seed(prior_seed)
+        return engine.sample_identities(1, seed=s)[0], f"a new identity sampled from the prior (seed {s})"
+    if source == PHOTO:
+        if photo is None:
+            raise ValueError("Upload a photo first (or click one of the example photos), "
+                             "or choose another identity source.")
+        return engine.embed([photo])[0], "the identity of the uploaded photo (Img2ID)"
+    raise ValueError(f"identity source must be one of {', '.join(IDENTITY_SOURCES)}")
+
+
+def slider_range(engine) -> float:
+    """A symmetric slider range that covers the training identities and prior samples."""
+    table = np.asarray(engine.identity_table)
+    try:
+        prior = engine.sample_identities(64, seed=12345)
+        m = max(float(np.abs(table).max()), float(np.abs(prior).max()))
+    except Exception:
+        m = float(np.abs(table).max())
+    r = 1.25 * m if m > 0 else 1.0
+    mag = 10 ** np.floor(np.log10(r))
+    return float(np.ceil(r / mag * 2) / 2 * mag)  # a round number just above
+
+
+# ---------------------------------------------------------------- per-visitor gallery
+@dataclass
+class UploadGallery:
+    """Photos one visitor added: features (N, id_dim), display thumbnails, names. Never shared."""
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, 32), np.float32))
+    thumbs: list = field(default_factory=list)
+    names: list = field(default_factory=list)
+
+    @property
+    def pids(self) -> np.ndarray:
+        return -np.ones(len(self.names), np.int64)
+
+    camids = pids
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, engine, photos: Sequence, names: Sequence[str]) -> tuple["UploadGallery", list[str]]:
+        """A new gallery with the readable photos added; returns it and the problems met."""
+        good, good_names, problems = [], [], []
+        for p, n in zip(photos, names):
+            if len(self) + len(good) >= MAX_UPLOADS:
+                problems.append(f"{n}: skipped, at most {MAX_UPLOADS} photos in your gallery")
+                continue
+            try:
+                good.append(Image.fromarray(engine.prepare(p)))
+                good_names.append(n)
+            except ImageError as e:
+                problems.append(f"{n}: {e}")
+            except Image.DecompressionBombError:
+                problems.append(f"{n}: far too large (over 179 Mpixels)")
+        if not good:
+            return self, problems
+        feats = engine.embed(good)
+        base = self.features if len(self) else np.zeros((0, feats.shape[1]), np.float32)
+        return UploadGallery(np.concatenate([base, feats]), self.thumbs + good, self.names + good_names), problems
+
+
+def gallery_image(engine, gallery, index: int, scale: int | None = None) -> Image.Image:
+    """A gallery image as the model sees it (model size), enlarged for display."""
+    k = scale or display_scale(engine)
+    try:
+        return upscale(Image.fromarray(engine.prepare(gallery.paths[index])), k)
+    except Exception:  # a file removed since indexing
+        h, w = engine.image_size
+        return Image.new("RGB", (w * k, h * k), (200, 200, 200))
+
+
+# ---------------------------------------------------------------- examples
+def example_photos(engine, n_real: int = 5) -> list[str]:
+    """Example photo paths: files in app/examples/, real query crops from the demo dataset
+    (read in place, never copied), and generated persons made from the loaded weights."""
+    out = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    q = DEMO_DATASET / "query"
+    if q.is_dir():
+        files = sorted(p for p in q.iterdir() if p.suffix.lower() == ".jpg")
+        if files:
+            step = max(1, len(files) // n_real)
+            out += [str(p) for p in files[::step][:n_real]]
+    out += generated_examples(engine)
+    return out
+
+
+def weights_fingerprint(engine) -> str:
+    """A short key of the loaded weights (preset, identity table, a slice of each network)."""
+    h = hashlib.sha1(engine.preset.to_json().encode())
+    h.update(np.ascontiguousarray(engine.identity_table).tobytes())
+    for net in (engine.generator, engine.prior, engine.img2id, engine.img2noise):
+        for p in list(net.parameters())[:3] + list(net.parameters())[-3:]:
+            h.update(p.detach().float().flatten()[:256].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def generated_examples(engine, n: int = 3) -> list[str]:
+    """A few generated persons saved (once per weights) in the cache folder."""
+    folder = cache_dir() / f"examples-{weights_fingerprint(engine)}"
+    paths = [folder / f"generated-{i}.png" for i in range(n)]
+    if not all(p.exists() for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = [0, engine.num_identities // 2, engine.num_identities - 1][:n]
+        images = engine.generate(engine.identity_table[idx], seed=list(range(len(idx))))
+        for p, im in zip(paths, images):
+            upscale(im, 2).save(p)
+    return [str(p) for p in paths]
+
+
+# ---------------------------------------------------------------- figures (plotly)
+def identity_figure(vector: np.ndarray, title: str = "Identity vector (Img2ID)", compare=None,
+                    compare_name: str = "nearest training identity"):
+    import plotly.graph_objects as go
+    v = np.asarray(vector, dtype=float)
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, name="this photo",
+                           marker_color=["#e4572e" if x < 0 else "#2e86ab" for x in v],
+                           hovertemplate="dim %{x}: %{y:.4f}<extra></extra>"))
+    if compare is not None:
+        fig.add_trace(go.Scatter(x=list(range(len(v))), y=np.asarray(compare, float), mode="markers",
+                                 name=compare_name, marker=dict(color="#333", symbol="line-ew-open", size=14),
+                                 hovertemplate="dim %{x}: %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="dimension", yaxis_title="value", height=320,
+                      margin=dict(l=50, r=20, t=50, b=40), bargap=0.15, template="plotly_white",
+                      legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(dtick=2)
+    return fig
+
+
+def sensitivity_figure(sens: np.ndarray, delta: float = 0.3):
+    import plotly.graph_objects as go
+    s = np.asarray(sens, dtype=float)
+    top = set(np.argsort(-s)[:5].tolist())
+    fig = go.Figure(go.Bar(x=list(range(len(s))), y=s,
+                           marker_color=["#f18f01" if i in top else "#9aa5b1" for i in range(len(s))],
+                           hovertemplate="dim %{x}: %{y:.2f}<extra></extra>"))
+    fig.update_layout(title=f"Which dimensions move the picture (mean |pixel change| for ±{delta:g})",
+                      xaxis_title="dimension", yaxis_title="mean |Δ pixel| (0-255)", height=300,
+                      margin=dict(l=50, r=20, t=50, b=40), template="plotly_white")
+    fig.update_xaxes(dtick=2)
+    return fig
+
+
+def map_figure(engine, imap: IdentityMap, highlight: int | None = None, photo_xy=None,
+               gallery_xy=None, gallery_pids=None, uploads_xy=None):
+    """The identity map: training identities (grey), gallery images coloured by person,
+    the visitor's uploads, the uploaded photo (star) and a highlighted identity."""
+    import plotly.express as px
+    import plotly.graph_objects as go
+    xy = imap.coords
+    idx = np.arange(len(xy))
+    fig = go.Figure()
+    fig.add_trace(go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name="training identities",
+        marker=dict(size=6, color="#5c6b7a", opacity=0.7),
+        customdata=np.stack([idx, engine.identity_pids], 1),
+        hovertemplate="identity #%{customdata[0]}<br>pid %{customdata[1]}<extra></extra>"))
+    if gallery_xy is not None and len(gallery_xy):
+        pids = np.asarray(gallery_pids)
+        palette = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+        colours = [palette[hash(int(p)) % len(palette)] if p >= 0 else "#bbbbbb" for p in pids]
+        fig.add_trace(go.Scattergl(
+            x=gallery_xy[:, 0], y=gallery_xy[:, 1], mode="markers", name="gallery images (colour = person)",
+            marker=dict(size=5, color=colours, symbol="diamond", opacity=0.8), customdata=pids,
+            hovertemplate="gallery image<br>pid %{customdata}<extra></extra>"))
+    if uploads_xy is not None and len(uploads_xy):
+        fig.add_trace(go.Scatter(x=uploads_xy[:, 0], y=uploads_xy[:, 1], mode="markers", name="your gallery uploads",
+                                 marker=dict(size=9, color="#8e44ad", symbol="square")))
+    if highlight is not None and 0 <= highlight < len(xy):
+        fig.add_trace(go.Scatter(x=[xy[highlight, 0]], y=[xy[highlight, 1]], mode="markers",
+                                 name=f"identity #{highlight}",
+                                 marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color="#f18f01", width=3))))
+    if photo_xy is not None:
+        fig.add_trace(go.Scatter(x=[float(photo_xy[0])], y=[float(photo_xy[1])], mode="markers",
+                                 name="your photo", marker=dict(size=20, color="#e4572e", symbol="star",
+                                                                line=dict(color="white", width=1))))
+    fig.update_layout(title=f"Identity map ({imap.method.upper()} of {len(xy)} training identities)",
+                      height=560, template="plotly_white", margin=dict(l=30, r=20, t=50, b=30),
+                      legend=dict(orientation="h", y=-0.08), clickmode="event", dragmode="pan",
+                      xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""))
+    return fig
+
+
+def portrait(engine, identity, seeds=(0, 1, 2, 3), scale: int | None = None) -> Image.Image:
+    """A small sheet of one identity under a few noises."""
+    seeds = list(seeds)
+    return grid(engine.generate(identity, seed=seeds), cols=len(seeds), scale=scale or display_scale(engine))

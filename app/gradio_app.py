@@ -1,0 +1,729 @@
+"""Gradio app over `ReIDEngine`: generate, invert, latent sliders, re-identify, identity map.
+
+    python -m app [--weights W] [--gallery DIR] [--port P] [--host H]
+
+`build_demo(engine, gallery)` makes the Blocks; the handlers are the methods of
+`ReIDApp` and can be called directly (tests do). Bad input raises `gr.Error`
+with a plain message; the server keeps serving.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from reid_core.data import DatasetError, ImageError, cache_dir
+from reid_core.engine import Inversion
+from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, noise_to_image,
+                               rank_galleries, upscale)
+
+from . import common
+from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING, UploadGallery
+
+TITLE = "Generative person re-identification"
+CONCURRENCY = 2  # simultaneous model calls: one per core of a 2-core CPU
+ERROR_SECONDS = 10  # how long an error message stays on screen
+# Every event that runs a network shares one queue of CONCURRENCY workers (one per core);
+# the identity map (which may wait for the UMAP fit) and the slow jobs have their own.
+MODEL = dict(concurrency_id="model")
+MAP = dict(concurrency_id="map")
+
+CSS = """
+.pixelated img, .pixelated canvas, img.pixelated { image-rendering: pixelated; }
+#title-row h1 { margin-bottom: 0.2em; }
+.small-note { font-size: 0.9em; opacity: 0.85; }
+/* person crops are tall: tall thumbnails, the caption under the picture, no empty fixed height */
+.person-gallery .grid-wrap { height: auto !important; max-height: none !important; min-height: 0 !important; }
+.person-gallery .thumbnail-item { aspect-ratio: 1 / 2.3 !important; height: auto !important; }
+.person-gallery .thumbnail-item img { object-fit: contain !important; padding-bottom: 26px; background: #f3f4f6; }
+.person-gallery .caption-label { font-size: 12px; max-width: 100% !important; bottom: 2px !important; }
+"""
+
+# Clicking a point of the identity map writes its index into the "Identity index" box.
+JS = """
+() => {
+  const bind = () => {
+    document.querySelectorAll('#idmap-plot .js-plotly-plot').forEach((gd) => {
+      if (gd.__reidBound || !gd.on) return;
+      gd.__reidBound = true;
+      gd.on('plotly_click', (ev) => {
+        const p = ev && ev.points && ev.points[0];
+        if (!p || !p.customdata || p.data.name !== 'training identities') return;
+        const input = document.querySelector('#idmap-pick input');
+        if (!input) return;
+        input.value = String(p.customdata[0]);
+        input.dispatchEvent(new Event('input', { bubbles: true }));
+        input.dispatchEvent(new Event('change', { bubbles: true }));
+        input.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
+      });
+    });
+  };
+  new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
+  bind();
+}
+"""
+
+
+def _safe_preprocess(image: gr.Image, payload):
+    """gr.Image opens every upload with PIL before the handler runs; a file that is not an
+    image would fail there with a raw PIL error naming a temp path. Say it plainly instead."""
+    try:
+        return gr.Image.preprocess(image, payload)
+    except gr.Error:
+        raise
+    except Exception as e:  # UnidentifiedImageError, DecompressionBombError, OSError ...
+        if "DecompressionBomb" in type(e).__name__:
+            raise gr.Error(common.TOO_LARGE, duration=ERROR_SECONDS) from None
+        raise gr.Error("That file is not an image (JPEG, PNG, BMP, WebP ...) or it is damaged.",
+                       duration=ERROR_SECONDS) from None
+
+
+def photo_input(**kwargs) -> gr.Image:
+    """An upload box handing the handler the file's path (the engine reads it: RGBA, grayscale, EXIF).
+
+    (Not a gr.Image subclass: Gradio writes a .pyi stub beside any module defining one.)
+    """
+    kwargs.setdefault("type", "filepath")
+    kwargs.setdefault("image_mode", None)  # keep RGBA/grayscale as sent: the engine converts them
+    kwargs.setdefault("sources", ["upload", "clipboard"])
+    kwargs.setdefault("elem_classes", ["pixelated"])
+    image = gr.Image(**kwargs)
+    image.preprocess = functools.partial(_safe_preprocess, image)
+    return image
+
+
+def _unique(value):
+    """Tag output images with a nonce (a PNG text chunk).
+
+    Gradio caches an output image under the hash of its bytes and writes that file in
+    place; two sessions returning the same picture at once (the same portrait, the same
+    gallery image) would rewrite a file while it is being served ("Response content
+    shorter than Content-Length"). Distinct bytes give each output its own file.
+    """
+    if isinstance(value, Image.Image):
+        value.info["reid-output"] = uuid.uuid4().hex
+    elif isinstance(value, (list, tuple)) and not isinstance(value, str):
+        for v in value:
+            _unique(v)
+    return value
+
+
+def _plain_errors(fn):
+    """Turn the engine's plain errors (ImageError, ValueError, DatasetError) into gr.Error."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return _unique(fn(*args, **kwargs))
+        except gr.Error:
+            raise
+        except ImageError as e:
+            raise gr.Error(f"That photo cannot be used: {e}", duration=ERROR_SECONDS) from None
+        except Image.DecompressionBombError:  # beyond PIL's own limit, before the engine's check
+            raise gr.Error(common.TOO_LARGE, duration=ERROR_SECONDS) from None
+        except (ValueError, DatasetError, FileNotFoundError) as e:
+            raise gr.Error(str(e), duration=ERROR_SECONDS) from None
+    return wrapper
+
+
+def _need_photo(photo) -> None:
+    if photo is None:
+        raise gr.Error("Upload a photo first (or click one of the example photos).", duration=ERROR_SECONDS)
+
+
+class ReIDApp:
+    """The handlers, one method per event; all state beyond the engine lives in gr.State."""
+
+    def __init__(self, engine, gallery: str | None = None):
+        self.engine = engine
+        self.gallery_folders = common.gallery_choices(gallery)
+        self.startup_gallery = self.gallery_folders[0] if gallery else None
+        self.indexed_folder: str | None = None
+        self._index_lock = threading.Lock()
+        self._inversions: OrderedDict = OrderedDict()
+        self._generated: OrderedDict = OrderedDict()
+        self._inv_lock = threading.Lock()
+        self._gallery_xy: tuple | None = None
+        self._portraits: OrderedDict = OrderedDict()   # (identity index, seed) -> model-size image
+        self._portrait_lock = threading.Lock()
+        self.range = common.slider_range(engine)
+        self.id_dim = engine.preset.id_dim
+        self.scale = common.display_scale(engine)
+
+    # ------------------------------------------------------------ generate
+    @_plain_errors
+    def generate(self, source: str, index, prior_seed, photo, seeds, steps=None, pose=None):
+        """Identity (training index / prior sample / photo) x seeds -> (grid image, caption)."""
+        vector, what = common.choose_identity(self.engine, source, index, prior_seed, photo)
+        seed_list = common.parse_seeds(seeds)
+        steps = int(steps) if steps else None
+        # POSE: the pose control (a library index, (18, 3) keypoints or a photo) arrives as `pose`;
+        # wire a component to this parameter in build_demo (see "POSE:" there).
+        if pose is None:
+            images = self._generate_cached(vector, seed_list, steps)
+        else:
+            images = self.engine.generate(vector, seed=seed_list, steps=steps, pose=pose)
+        cols = min(8, len(images))
+        caption = (f"**{len(images)} image(s)** of {what}, seeds {', '.join(map(str, seed_list))}"
+                   f" · {steps or self.engine.preset.sample_steps} DDIM steps")
+        return grid(images, cols=cols, scale=self.scale), caption
+
+    def _generate_cached(self, vector, seeds: list[int], steps) -> list[Image.Image]:
+        key = (np.asarray(vector, np.float32).tobytes(), tuple(seeds), steps)
+        with self._inv_lock:
+            if key in self._generated:
+                self._generated.move_to_end(key)
+                return list(self._generated[key])
+        images = self.engine.generate(vector, seed=seeds, steps=steps)
+        with self._inv_lock:
+            self._generated[key] = images
+            while len(self._generated) > 64:
+                self._generated.popitem(last=False)
+        return list(images)
+
+    def initial_outputs(self, photo):
+        """The results the page opens with (Generate: training identity #0, seeds 0-3; Invert: the
+        first example). Cached on disk per weights, so that a restart does not recompute them."""
+        fp = common.weights_fingerprint(self.engine)
+        tag = hashlib.sha1(Path(photo).read_bytes()).hexdigest()[:12] if photo else "none"
+        path = cache_dir() / f"initial-{fp}-{tag}.npz"
+        vector = self.engine.identity_table[0]
+        steps = None
+        gen_key = (np.asarray(vector, np.float32).tobytes(), (0, 1, 2, 3), steps)
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    self._generated[gen_key] = [Image.fromarray(a) for a in z["generated"]]
+                    if photo:
+                        arr = self.engine.prepare(photo)
+                        self._inversions[(hashlib.sha1(arr.tobytes()).hexdigest(), "img2noise")] = Inversion(
+                            z["identity"], z["noise"], Image.fromarray(z["input"]),
+                            Image.fromarray(z["reconstruction"]), float(z["psnr"]))
+            except (OSError, KeyError, ValueError):
+                path.unlink(missing_ok=True)
+        gen = self.generate(TRAINING, 0, 0, None, "0-3")
+        inv = self.invert(photo, "img2noise") if photo else (None,) * 4 + ("",)
+        if not path.exists():
+            try:
+                arrays = {"generated": np.stack([np.asarray(im) for im in self._generated[gen_key]])}
+                if photo:
+                    iv = self._inversion(photo, "img2noise")
+                    arrays.update(identity=iv.identity, noise=iv.noise, input=np.asarray(iv.input),
+                                  reconstruction=np.asarray(iv.reconstruction), psnr=np.float64(iv.psnr))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+                np.savez(tmp, **arrays)
+                os.replace(tmp, path)
+            except OSError:
+                pass
+        return gen, inv
+
+    # ------------------------------------------------------------ invert
+    def _inversion(self, photo, method: str):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}")
+        arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
+        key = (hashlib.sha1(arr.tobytes()).hexdigest(), method)
+        with self._inv_lock:
+            if key in self._inversions:
+                self._inversions.move_to_end(key)
+                return self._inversions[key]
+        inv = self.engine.invert(arr, method=method)
+        with self._inv_lock:
+            self._inversions[key] = inv
+            while len(self._inversions) > 32:
+                self._inversions.popitem(last=False)
+        return inv
+
+    @_plain_errors
+    def invert(self, photo, method: str = "img2noise"):
+        """Photo -> (input, reconstruction, noise image, identity bar chart, caption)."""
+        _need_photo(photo)
+        inv = self._inversion(photo, method)
+        near = self.engine.nearest_identities(inv.identity, k=1)[0]
+        fig = common.identity_figure(inv.identity, compare=self.engine.identity_table[near.index],
+                                     compare_name=f"nearest training identity #{near.index}")
+        caption = (f"**PSNR {inv.psnr:.2f} dB** (reconstruction vs. the {self.engine.image_size[0]}x"
+                   f"{self.engine.image_size[1]} input) · method `{method}` · nearest training identity "
+                   f"**#{near.index}** (pid {near.pid}, distance {near.distance:.3f}) · noise shown clipped "
+                   f"to [-2.5, 2.5]")
+        return (upscale(inv.input, self.scale), upscale(inv.reconstruction, self.scale),
+                upscale(noise_to_image(inv.noise), self.scale), fig, caption)
+
+    @_plain_errors
+    def swap(self, photo, method: str, source: str, index, prior_seed):
+        """Another identity rendered on this photo's noise -> (sheet: input | reconstruction | swap, caption)."""
+        _need_photo(photo)
+        if source not in SWAP_SOURCES:
+            raise ValueError(f"swap identity must be one of {', '.join(SWAP_SOURCES)}")
+        inv = self._inversion(photo, method)
+        vector, what = common.choose_identity(self.engine, source, index, prior_seed)
+        swapped = self.engine.generate(vector, noise=inv.noise)[0]
+        sheet = grid([inv.input, inv.reconstruction, swapped], cols=3, scale=self.scale)
+        return sheet, f"left: the photo · middle: its reconstruction · right: **{what}** on the photo's noise"
+
+    # ------------------------------------------------------------ latent sliders
+    def _clip(self, v: np.ndarray) -> list[float]:
+        return [round(float(x), 4) for x in np.clip(v, -self.range, self.range)]
+
+    @_plain_errors
+    def latent_load(self, source: str, index, prior_seed, photo, noise_seed):
+        """Set the sliders to an identity -> (*32 values, image, base vector state, caption)."""
+        vector, what = common.choose_identity(self.engine, source, index, prior_seed, photo)
+        values = self._clip(vector)
+        image = self.latent_render(noise_seed, *values)
+        return (*values, image, values, f"Loaded {what}. Move a slider to change one dimension.")
+
+    @_plain_errors
+    def latent_random(self, noise_seed, seed=None):
+        """A new identity from the prior (random seed unless given)."""
+        s = int(np.random.default_rng().integers(0, 2 ** 31 - 1)) if seed is None else common.check_seed(seed)
+        vector = self.engine.sample_identities(1, seed=s)[0]
+        values = self._clip(vector)
+        image = self.latent_render(noise_seed, *values)
+        return (*values, image, values, f"A new identity sampled from the prior (seed {s}).")
+
+    @_plain_errors
+    def latent_reset(self, noise_seed, base):
+        """Back to the last loaded identity."""
+        values = list(base) if base else self._clip(self.engine.identity_table[0])
+        return (*values, self.latent_render(noise_seed, *values), values, "Reset to the loaded identity.")
+
+    @_plain_errors
+    def latent_render(self, noise_seed, *values):
+        """32 slider values, fixed noise -> the image (upscaled)."""
+        v = self._vector(values)
+        return upscale(self.engine.generate(v, seed=common.check_seed(noise_seed))[0], 2 * self.scale)
+
+    def _vector(self, values) -> np.ndarray:
+        if len(values) != self.id_dim:
+            raise ValueError(f"need {self.id_dim} slider values, got {len(values)}")
+        try:
+            v = np.asarray([float(x) for x in values], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("slider values must be numbers") from None
+        return v
+
+    @_plain_errors
+    def latent_sensitivity(self, noise_seed, *values):
+        """Per-dimension sensitivity of the current identity -> (bar chart, caption). Cached.
+
+        It takes 2 x 32 + 1 generations: seconds on a CPU for the real model.
+        """
+        v = self._vector(values)
+        sens = dimension_sensitivity(self.engine, v, seed=common.check_seed(noise_seed), delta=0.3)
+        return self._sensitivity_outputs(sens)
+
+    @staticmethod
+    def _sensitivity_outputs(sens):
+        top = np.argsort(-sens)[:5]
+        return (common.sensitivity_figure(sens),
+                "Dimensions that move this picture most: " + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
+
+    @_plain_errors
+    def latent_sensitivity_cached(self, noise_seed, *values):
+        """The sensitivity chart if already computed for this identity and noise; else a hint."""
+        sens = cached_sensitivity(self.engine, self._vector(values), seed=common.check_seed(noise_seed), delta=0.3)
+        if sens is None:
+            return gr.skip(), ("Which dimensions move this picture most? Click **Which dimensions matter?** "
+                               "(65 generations, then cached).")
+        return self._sensitivity_outputs(sens)
+
+    # ------------------------------------------------------------ re-identify
+    def gallery_status(self, uploads: UploadGallery | None = None) -> str:
+        g = self.engine.gallery
+        parts = []
+        if g is not None and self.indexed_folder:
+            parts.append(f"{len(g)} images indexed from `{self.indexed_folder}`")
+        if uploads is not None and len(uploads):
+            parts.append(f"{len(uploads)} of your own photos (kept in your session only)")
+        return "**Gallery:** " + (" + ".join(parts) if parts else "empty. Index a folder or add photos below.")
+
+    @_plain_errors
+    def index_folder(self, folder, uploads=None, progress=gr.Progress()):
+        """Index one of the offered gallery folders (features cached on disk) -> status."""
+        if not folder:
+            raise ValueError("choose a gallery folder to index")
+        if str(folder) not in self.gallery_folders:
+            raise ValueError("that folder is not one of the galleries offered by this server")
+        with self._index_lock:
+            if self.indexed_folder != folder:
+                progress(0.0, desc="reading the folder")
+                self.engine.index_gallery(folder, progress=lambda f, msg: progress(f, desc=msg))
+                self.indexed_folder = folder
+                self._gallery_xy = None
+        return self.gallery_status(uploads)
+
+    def warm_up(self) -> None:
+        """Background work at launch, one thing after another (the CPU is small): index the
+        --gallery folder, fit the identity map, compute the sliders' default sensitivity."""
+        self.index_startup_gallery()
+        for step in (lambda: IdentityMap.get(self.engine),
+                     lambda: dimension_sensitivity(self.engine, np.asarray(self._clip(self.engine.identity_table[0]),
+                                                                           np.float32), seed=0, delta=0.3)):
+            try:
+                step()
+            except Exception as e:  # the tab reports it when asked again
+                print(f"warm-up: {e}")
+
+    def index_startup_gallery(self) -> None:
+        """Index the --gallery folder (background thread at launch)."""
+        if self.startup_gallery:
+            try:
+                self.index_folder(self.startup_gallery)
+            except Exception as e:  # reported on the page when the visitor indexes it
+                print(f"gallery {self.startup_gallery}: {e}")
+
+    @_plain_errors
+    def add_uploads(self, files, uploads: UploadGallery | None):
+        """Add uploaded photos to THIS visitor's gallery -> (new state, status)."""
+        uploads = uploads if isinstance(uploads, UploadGallery) else UploadGallery()
+        files = [files] if isinstance(files, (str, Path)) else list(files or [])
+        if not files:
+            raise ValueError("choose one or more photos to add")
+        paths = [getattr(f, "name", f) for f in files]
+        new, problems = uploads.add(self.engine, paths, [Path(p).name for p in paths])
+        for p in problems:
+            gr.Warning(p)
+        if len(new) == len(uploads):
+            raise ImageError("none of those files could be used: " + "; ".join(problems))
+        return new, self.gallery_status(new)
+
+    def clear_uploads(self):
+        return UploadGallery(), self.gallery_status(None)
+
+    @_plain_errors
+    def reidentify(self, photo, k, uploads: UploadGallery | None = None):
+        """Photo -> (nearest training identities with portraits, nearest gallery images, caption)."""
+        _need_photo(photo)
+        k = max(1, min(int(k or 5), 20))
+        v = self.engine.embed([photo])[0]
+        ids = self.engine.nearest_identities(v, k=k)
+        portraits = self.portraits([m.index for m in ids], seed=0)
+        # gallery thumbnails go out at half the display scale: the browser enlarges them (pixelated CSS)
+        small = max(1, self.scale // 2)
+        id_items = [(upscale(im, small), f"{m.distance:.3f} · #{m.index} (pid {m.pid})")
+                    for im, m in zip(portraits, ids)]
+        galleries = [self.engine.gallery if self.indexed_folder else None,
+                     uploads if isinstance(uploads, UploadGallery) and len(uploads) else None]
+        gal_items, note = [], ""
+        if any(g is not None and len(g) for g in galleries):
+            for h in rank_galleries(v, galleries, k=k):
+                if h.source == 0:
+                    g = galleries[0]
+                    cam = f" · cam {h.camid + 1}" if h.camid >= 0 else ""
+                    label = f"pid {h.pid}{cam}" if h.pid >= 0 else Path(g.paths[h.index]).name
+                    gal_items.append((common.gallery_image(self.engine, g, h.index, small),
+                                      f"{h.distance:.3f} · {label}"))
+                else:
+                    gal_items.append((upscale(galleries[1].thumbs[h.index], small),
+                                      f"{h.distance:.3f} · {galleries[1].names[h.index]}"))
+        else:
+            note = " No gallery yet: index a folder or add photos below to search images too."
+        caption = (f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
+                   f"by Euclidean distance between Img2ID vectors (the number on each image).{note}")
+        return id_items, gal_items, caption
+
+    def portraits(self, indices, seed: int = 0) -> list[Image.Image]:
+        """Generated portraits of training identities (model size), cached: the table never changes."""
+        keys = [(int(i), int(seed)) for i in indices]
+        with self._portrait_lock:
+            missing = sorted({k for k in keys if k not in self._portraits})
+        if missing:
+            images = self.engine.generate(self.engine.identity_table[[i for i, _ in missing]], seed=seed)
+            with self._portrait_lock:
+                for key, im in zip(missing, images):
+                    self._portraits[key] = im
+                while len(self._portraits) > 2048:
+                    self._portraits.popitem(last=False)
+        with self._portrait_lock:
+            return [self._portraits.get(k) or self.engine.generate(k[0], seed=k[1])[0] for k in keys]
+
+    # ------------------------------------------------------------ identity map
+    def _gallery_coords(self, imap: IdentityMap):
+        g = self.engine.gallery if self.indexed_folder else None
+        if g is None or not len(g):
+            return None, None
+        cached = self._gallery_xy
+        if cached is not None and cached[0] is g:
+            return cached[1], g.pids
+        xy = imap.transform(g.features)
+        self._gallery_xy = (g, xy)
+        return xy, g.pids
+
+    @_plain_errors
+    def identity_map(self, photo=None, index=None, uploads: UploadGallery | None = None):
+        """The UMAP of identities (fitted once) with the photo placed on it -> (figure, caption)."""
+        imap = IdentityMap.get(self.engine)
+        photo_xy, note = None, ""
+        if photo is not None:
+            v = self.engine.embed([photo])[0]
+            photo_xy = imap.transform(v)[0]
+            near = self.engine.nearest_identities(v, k=1)[0]
+            note = f" Your photo (star) is nearest to training identity **#{near.index}** (pid {near.pid})."
+        gxy, gpids = self._gallery_coords(imap)
+        uxy = imap.transform(uploads.features) if isinstance(uploads, UploadGallery) and len(uploads) else None
+        hl = int(index) if index is not None and 0 <= int(index) < self.engine.num_identities else None
+        fig = common.map_figure(self.engine, imap, highlight=hl, photo_xy=photo_xy, gallery_xy=gxy,
+                                gallery_pids=gpids, uploads_xy=uxy)
+        return fig, (f"{self.engine.num_identities} training identities"
+                     + (f", {len(gxy)} gallery images" if gxy is not None else "")
+                     + f". Click a grey point (or type its index) to see that identity.{note}")
+
+    @_plain_errors
+    def show_identity(self, index):
+        """A training identity's generated portraits -> (sheet, caption)."""
+        i = common.check_index(self.engine, index)
+        sheet = grid([self.portraits([i], seed=s)[0] for s in range(4)], cols=4, scale=self.scale)
+        return (sheet,
+                f"Training identity **#{i}** (dataset pid {self.engine.identity_pids[i]}), 4 noises")
+
+
+# ---------------------------------------------------------------- layout
+def _identity_picker(engine, prefix: str, with_photo: bool = True):
+    """Radio + index + prior seed (+ photo) controls; returns the components."""
+    choices = list(IDENTITY_SOURCES if with_photo else SWAP_SOURCES)
+    source = gr.Radio(choices, value=TRAINING, label="Identity", elem_id=f"{prefix}-source")
+    with gr.Row():
+        index = gr.Number(value=0, precision=0, minimum=0, maximum=engine.num_identities - 1,
+                          label=f"Training identity index (0-{engine.num_identities - 1})", elem_id=f"{prefix}-index")
+        prior_seed = gr.Number(value=0, precision=0, minimum=0, label="Prior seed (new identity)",
+                               elem_id=f"{prefix}-prior-seed")
+    return source, index, prior_seed
+
+
+def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
+    """The Gradio Blocks over one engine; `gallery` is a folder offered for indexing (and
+    indexed in the background by `launch`)."""
+    app = ReIDApp(engine, gallery)
+    examples = common.example_photos(engine)
+    first = examples[0] if examples else None
+    # the first visit is never empty: the Generate and Invert tabs open with results
+    g_init, i_init = app.initial_outputs(first)
+    h, w = engine.image_size
+    r = app.range
+
+    with gr.Blocks(title=TITLE, fill_width=False, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        demo.reid_app = app  # for launch() and tests
+        gr.Markdown(f"# {TITLE}\nAn identity is the {engine.preset.id_dim}-d conditioning vector of a diffusion "
+                    f"generator (Asperti et al. 2024). Weights: preset `{engine.preset.name}`, {h}x{w} images, "
+                    f"{engine.num_identities} training identities.", elem_id="title-row")
+        uploads = gr.State(UploadGallery())
+
+        # ---------------------------------------------------------- Generate
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    g_source, g_index, g_prior = _identity_picker(engine, "gen")
+                    g_photo = photo_input(label="Photo (for 'From a photo')", height=220, elem_id="gen-photo")
+                    g_seeds = gr.Textbox(value="0-3", label="Noise seeds (e.g. 0-7 or 1, 5, 9; at most 16)",
+                                         elem_id="gen-seeds")
+                    with gr.Accordion("Options", open=False):
+                        g_steps = gr.Slider(1, 50, value=engine.preset.sample_steps, step=1, label="DDIM steps")
+                        # POSE: the pose option goes here (e.g. a skeleton image or a reference photo)
+                    g_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
+                with gr.Column(scale=2):
+                    g_out = gr.Image(label="Generated", format="png", elem_classes=["pixelated"],
+                                     interactive=False, elem_id="gen-out", height=420, value=g_init[0])
+                    g_caption = gr.Markdown(g_init[1], elem_id="gen-caption")
+            gr.Examples([[p] for p in examples], inputs=[g_photo], label="Example photos (click, then "
+                        "choose 'From a photo')", examples_per_page=12)
+            g_btn.click(app.generate, [g_source, g_index, g_prior, g_photo, g_seeds, g_steps],
+                        [g_out, g_caption], api_name="generate", **MODEL)
+
+        # ---------------------------------------------------------- Invert
+        with gr.Tab("Invert", id="invert"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    i_photo = photo_input(label="Photo of a person", height=260, elem_id="inv-photo", value=first)
+                    i_method = gr.Radio(list(METHODS), value="img2noise", label="Noise inversion",
+                                        info="img2noise: the trained network (one pass); ddim: DDIM inversion")
+                    i_btn = gr.Button("Invert", variant="primary", elem_id="inv-btn")
+                    gr.Examples([[p] for p in examples], inputs=[i_photo], label="Example photos",
+                                examples_per_page=12)
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        i_input = gr.Image(i_init[0], label=f"Input ({h}x{w})", format="png", interactive=False,
+                                           elem_classes=["pixelated"], height=280, elem_id="inv-input")
+                        i_rec = gr.Image(i_init[1], label="Reconstruction", format="png", interactive=False,
+                                         elem_classes=["pixelated"], height=280, elem_id="inv-rec")
+                        i_noise = gr.Image(i_init[2], label="Noise", format="png",
+                                           interactive=False, elem_classes=["pixelated"], height=280,
+                                           elem_id="inv-noise")
+                    i_caption = gr.Markdown(i_init[4], elem_id="inv-caption")
+            i_plot = gr.Plot(i_init[3], label="Identity vector", elem_id="inv-plot")
+            with gr.Accordion("Swap: another identity on this photo's noise", open=True):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        s_source = gr.Radio(list(SWAP_SOURCES), value=TRAINING, label="Identity to put on the noise")
+                        with gr.Row():
+                            s_index = gr.Number(value=1, precision=0, minimum=0,
+                                                maximum=engine.num_identities - 1, label="Training identity index")
+                            s_prior = gr.Number(value=0, precision=0, minimum=0, label="Prior seed")
+                        s_btn = gr.Button("Swap identity", elem_id="swap-btn")
+                    with gr.Column(scale=2):
+                        s_out = gr.Image(label="Photo · reconstruction · swapped", format="png",
+                                         interactive=False, elem_classes=["pixelated"], height=280)
+                        s_caption = gr.Markdown()
+            i_btn.click(app.invert, [i_photo, i_method], [i_input, i_rec, i_noise, i_plot, i_caption],
+                        api_name="invert", **MODEL)
+            s_btn.click(app.swap, [i_photo, i_method, s_source, s_index, s_prior], [s_out, s_caption],
+                        api_name="swap", **MODEL)
+
+        # ---------------------------------------------------------- Latent sliders
+        with gr.Tab("Latent sliders", id="sliders") as sliders_tab:
+            base = gr.State([])
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    l_out = gr.Image(label="Fixed noise, your identity", format="png", interactive=False,
+                                     elem_classes=["pixelated"], height=560, elem_id="lat-out")
+                    l_noise = gr.Number(value=0, precision=0, minimum=0, label="Noise seed", elem_id="lat-noise")
+                    with gr.Row():
+                        l_reset = gr.Button("Reset", elem_id="lat-reset")
+                        l_random = gr.Button("Randomise", variant="primary", elem_id="lat-random")
+                    with gr.Accordion("Start from ...", open=False):
+                        l_source, l_index, l_prior = _identity_picker(engine, "lat")
+                        l_photo = photo_input(label="Photo (for 'From a photo')", height=180)
+                        l_load = gr.Button("Load identity", elem_id="lat-load")
+                    l_caption = gr.Markdown(elem_id="lat-caption")
+                with gr.Column(scale=3):
+                    sliders = []
+                    for row in range(0, engine.preset.id_dim, 4):
+                        with gr.Row():
+                            for d in range(row, min(row + 4, engine.preset.id_dim)):
+                                sliders.append(gr.Slider(-r, r, value=0.0, step=r / 100, label=f"dim {d}",
+                                                         min_width=120, elem_id=f"lat-dim-{d}"))
+            with gr.Row():
+                l_sens_btn = gr.Button("Which dimensions matter?", elem_id="lat-sens-btn", scale=0, min_width=260)
+                l_sens_caption = gr.Markdown(elem_id="lat-sens-caption")
+            l_sens = gr.Plot(label="Sensitivity", elem_id="lat-sens")
+            state_out = [*sliders, l_out, base, l_caption]
+            sens_in = [l_noise, *sliders]
+            sens_out = [l_sens, l_sens_caption]
+            l_load.click(app.latent_load, [l_source, l_index, l_prior, l_photo, l_noise], state_out,
+                         api_name="latent_load", **MODEL).then(
+                app.latent_sensitivity_cached, sens_in, sens_out, api_name="latent_sensitivity_after_load")
+            l_random.click(app.latent_random, [l_noise], state_out, api_name="latent_random", **MODEL).then(
+                app.latent_sensitivity_cached, sens_in, sens_out, api_name="latent_sensitivity_after_random")
+            l_reset.click(app.latent_reset, [l_noise, base], state_out, api_name="latent_reset", **MODEL).then(
+                app.latent_sensitivity_cached, sens_in, sens_out, api_name="latent_sensitivity_after_reset")
+            l_sens_btn.click(app.latent_sensitivity, sens_in, sens_out, api_name="latent_sensitivity",
+                             concurrency_limit=1, concurrency_id="sensitivity")
+            gr.on([s.input for s in sliders] + [l_noise.submit], app.latent_render, sens_in, [l_out],
+                  trigger_mode="always_last", show_progress="hidden", api_name="latent_render", **MODEL)
+            sliders_tab.select(
+                lambda noise, b, *vals: app.latent_load(TRAINING, 0, 0, None, noise) if not b else
+                (*vals, gr.skip(), b, gr.skip()),
+                [l_noise, base, *sliders], state_out, api_name="latent_open", **MODEL).then(
+                app.latent_sensitivity_cached, sens_in, sens_out, api_name="latent_sensitivity_on_open")
+
+        # ---------------------------------------------------------- Re-identify
+        with gr.Tab("Re-identify", id="reid"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    q_photo = photo_input(label="Query photo", height=260, elem_id="reid-photo", value=first)
+                    q_k = gr.Slider(1, 20, value=5, step=1, label="k (matches to show)")
+                    q_btn = gr.Button("Re-identify", variant="primary", elem_id="reid-btn")
+                    gr.Examples([[p] for p in examples], inputs=[q_photo], label="Example photos",
+                                examples_per_page=12)
+                with gr.Column(scale=3):
+                    q_ids = gr.Gallery(label="Nearest training identities (generated portraits)", columns=6,
+                                       format="png", object_fit="contain", fit_columns=False,
+                                       elem_classes=["pixelated", "person-gallery"], elem_id="reid-ids")
+                    q_gal = gr.Gallery(label="Nearest gallery images", columns=6, format="png", object_fit="contain",
+                                       fit_columns=False, elem_classes=["pixelated", "person-gallery"],
+                                       elem_id="reid-gallery")
+                    q_caption = gr.Markdown()
+            with gr.Accordion("Gallery", open=True):
+                status = gr.Markdown(app.gallery_status(), elem_id="gallery-status")
+                with gr.Row():
+                    with gr.Column():
+                        folder = gr.Dropdown(app.gallery_folders, value=app.startup_gallery or
+                                             (app.gallery_folders[0] if app.gallery_folders else None),
+                                             label="Gallery folder offered by this server", elem_id="gallery-folder",
+                                             info="Market-1501 layout (bounding_box_test) or a folder of images")
+                        idx_btn = gr.Button("Index folder", elem_id="index-btn",
+                                            interactive=bool(app.gallery_folders))
+                    with gr.Column():
+                        up_files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                                           label="Add your own photos to your gallery",
+                                           elem_id="gallery-files")
+                        with gr.Row():
+                            up_btn = gr.Button("Add to my gallery", elem_id="add-btn")
+                            clr_btn = gr.Button("Clear my photos")
+            q_btn.click(app.reidentify, [q_photo, q_k, uploads], [q_ids, q_gal, q_caption], api_name="reidentify",
+                        **MODEL)
+            idx_btn.click(app.index_folder, [folder, uploads], [status], api_name="index_folder",
+                          concurrency_limit=1)
+            up_btn.click(app.add_uploads, [up_files, uploads], [uploads, status], api_name="add_to_gallery",
+                         **MODEL)
+            clr_btn.click(app.clear_uploads, None, [uploads, status], api_name="clear_gallery")
+
+        # ---------------------------------------------------------- Identity map
+        with gr.Tab("Identity map", id="map") as map_tab:
+            with gr.Row():
+                with gr.Column(scale=3):
+                    m_plot = gr.Plot(label="Identity map", elem_id="idmap-plot")
+                    m_caption = gr.Markdown("The map is computed the first time this tab opens (UMAP).",
+                                            elem_id="idmap-caption")
+                with gr.Column(scale=1, min_width=280):
+                    m_index = gr.Number(value=0, precision=0, minimum=0, maximum=engine.num_identities - 1,
+                                        label="Identity index (or click a grey point)", elem_id="idmap-pick")
+                    m_portrait = gr.Image(label="That identity, generated", format="png", interactive=False,
+                                          elem_classes=["pixelated"], elem_id="idmap-portrait", height=200)
+                    m_who = gr.Markdown()
+                    m_photo = photo_input(label="Place a photo on the map", height=200, elem_id="idmap-photo",
+                                          value=first)
+                    m_btn = gr.Button("Place photo", variant="primary", elem_id="idmap-btn")
+            gr.Examples([[p] for p in examples], inputs=[m_photo], label="Example photos (then 'Place photo')",
+                        examples_per_page=12)
+            map_in, map_out = [m_photo, m_index, uploads], [m_plot, m_caption]
+            map_tab.select(app.identity_map, map_in, map_out, api_name="identity_map", **MAP)
+            m_btn.click(app.identity_map, map_in, map_out, api_name="place_photo", **MAP)
+            m_index.change(app.show_identity, [m_index], [m_portrait, m_who], api_name="show_identity", **MODEL,
+                           trigger_mode="always_last")
+            map_tab.select(app.show_identity, [m_index], [m_portrait, m_who], api_name="show_identity_on_open",
+                           **MODEL)
+
+        gr.Markdown("Images are tiny (the model works at %dx%d) and shown enlarged without smoothing. "
+                    "Photos you upload stay in your session and are not stored." % (h, w),
+                    elem_classes=["small-note"])
+    return demo
+
+
+LAUNCH_KWARGS = dict(css=CSS, js=JS, theme=gr.themes.Soft(), show_error=True, max_file_size="25mb")
+
+
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
+          concurrency: int = CONCURRENCY, **kwargs):
+    """Queue and launch; `block=False` returns at once (tests)."""
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    return demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+                       **{**LAUNCH_KWARGS, **kwargs})
+
+
+def launch(weights: str | None = None, gallery: str | None = None, host: str = "127.0.0.1",
+           port: int | None = 7860, concurrency: int = CONCURRENCY, warm_up: bool = True, block: bool = True):
+    """Load the engine, build the demo, start background warm-ups and serve."""
+    import torch
+    from reid_core.engine import ReIDEngine
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, concurrency)))
+    engine = ReIDEngine.from_pretrained(common.weights_arg(weights))
+    demo = build_demo(engine, gallery)
+    result = serve(demo, host, port, block=False, concurrency=concurrency)
+    if warm_up:  # after the server is up: the page is served at once, the rest fills in
+        threading.Thread(target=demo.reid_app.warm_up, name="warm-up", daemon=True).start()
+    if block:
+        demo.block_thread()
+    return demo, result
+
+
+if __name__ == "__main__":
+    launch()

@@ -1,0 +1,392 @@
+"""Streamlit app over `ReIDEngine`: the same five features as the Gradio app.
+
+    streamlit run app/streamlit_app.py [-- --weights W --gallery DIR]
+
+Weights: --weights, else $REID_WEIGHTS, else weights/. Gallery: --gallery or $REID_GALLERY.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app import common  # noqa: E402
+from app.common import (BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCES,  # noqa: E402
+                        UploadGallery)
+from reid_core.data import DatasetError, ImageError  # noqa: E402
+from reid_core.engine import ReIDEngine, WeightsError  # noqa: E402
+from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid,  # noqa: E402
+                               noise_to_image, rank_galleries)
+
+TITLE = "Generative person re-identification"
+
+
+def _args():
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--gallery", default=os.environ.get("REID_GALLERY"))
+    args, _ = p.parse_known_args(sys.argv[1:])
+    return args
+
+
+@st.cache_resource(show_spinner="Loading the model ...")
+def load_engine(weights: str) -> ReIDEngine:
+    import torch
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    engine = ReIDEngine.from_pretrained(weights)
+    IdentityMap.warm_up(engine)  # the map fits in the background; the page does not wait for it
+    return engine
+
+
+@st.cache_resource(show_spinner=False)
+def example_photos(_engine, weights: str) -> list[str]:
+    return common.example_photos(_engine)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def render(_engine, weights: str, values: tuple, noise_seed: int):
+    """The slider picture (model size); cached so that reruns of other tabs cost nothing."""
+    return _engine.generate(np.asarray(values, dtype=np.float32), seed=noise_seed)[0]
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def portrait(_engine, index: int, weights: str):
+    """Four noises of one training identity, model size (enlarged on display)."""
+    return common.portrait(_engine, index, scale=1)
+
+
+def show_images(where, images, captions=None, scale: int = 1) -> None:
+    """Images as inline PNGs enlarged by CSS without smoothing (crisp pixels).
+
+    Inline, not st.image: st.image re-encodes RGB as JPEG (blurry at this size) and serves
+    it from Streamlit's /media route, which answers 500 with the starlette this project
+    pins (Streamlit 1.60's gzip middleware predates starlette 1.4).
+    """
+    images = images if isinstance(images, (list, tuple)) else [images]
+    captions = captions if isinstance(captions, (list, tuple)) else [captions] * len(images)
+    cells = []
+    for im, cap in zip(images, captions):
+        if isinstance(im, np.ndarray):
+            im = Image.fromarray(im)
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "PNG")
+        src = base64.b64encode(buf.getvalue()).decode()
+        cap_html = (f'<figcaption style="font-size:0.8em;opacity:0.75">{html.escape(str(cap))}</figcaption>'
+                    if cap else "")
+        w = im.width * scale
+        cells.append(f'<figure style="margin:0;width:{w}px;max-width:100%;flex:0 0 auto">'
+                     f'<img alt="{html.escape(str(cap or ""))}" src="data:image/png;base64,{src}" '
+                     f'style="image-rendering:pixelated;object-fit:contain;width:100%;height:auto;display:block">{cap_html}</figure>')
+    where.markdown(f'<div class="reid-images" style="display:flex;flex-wrap:wrap;gap:8px;margin-bottom:8px">'
+                   f'{"".join(cells)}</div>', unsafe_allow_html=True)
+
+
+def show_error(e: Exception) -> None:
+    if isinstance(e, Image.DecompressionBombError):
+        st.error(common.TOO_LARGE)
+    elif isinstance(e, ImageError):
+        st.error(f"That photo cannot be used: {e}")
+    else:
+        st.error(str(e))
+
+
+def photo_picker(engine, key: str, label: str = "Photo of a person"):
+    """An upload box and an example picker; returns the chosen photo (bytes or a path) or None."""
+    examples = example_photos(engine, str(engine.preset.name))
+    c1, c2 = st.columns([3, 2])
+    up = c1.file_uploader(label, key=f"{key}-upload", help="JPEG, PNG, BMP or WebP; a photo of one person")
+    names = ["(none)"] + [Path(p).name for p in examples]
+    choice = c2.selectbox("... or an example", names, index=1 if len(names) > 1 else 0, key=f"{key}-example")
+    photo = up.getvalue() if up is not None else (examples[names.index(choice) - 1] if choice != "(none)" else None)
+    if photo is not None:
+        try:
+            show_images(c2, engine.prepare(photo), None, scale=max(3, 96 // engine.image_size[1]))
+            c2.caption("as the model sees it")
+        except BAD_IMAGE as e:
+            show_error(e)
+            return None
+    return photo
+
+
+def identity_controls(engine, key: str, with_photo: bool = True):
+    """Identity source, index, prior seed, photo -> (vector, description) or raises ValueError."""
+    sources = list(IDENTITY_SOURCES if with_photo else SWAP_SOURCES)
+    source = st.radio("Identity", sources, horizontal=True, key=f"{key}-source")
+    c1, c2 = st.columns(2)
+    index = c1.number_input(f"Training identity index (0-{engine.num_identities - 1})", 0,
+                            engine.num_identities - 1, 0, key=f"{key}-index")
+    prior_seed = c2.number_input("Prior seed (new identity)", 0, 2 ** 31 - 1, 0, key=f"{key}-prior")
+    photo = photo_picker(engine, f"{key}-photo") if source == PHOTO else None
+    return source, index, prior_seed, photo
+
+
+# ---------------------------------------------------------------- tabs
+def tab_generate(engine, scale):
+    left, right = st.columns([1, 2])
+    with left:
+        source, index, prior_seed, photo = identity_controls(engine, "gen")
+        seeds = st.text_input("Noise seeds (e.g. 0-7 or 1, 5, 9; at most 16)", "0-3", key="gen-seeds")
+        steps = st.slider("DDIM steps", 1, 50, int(engine.preset.sample_steps), key="gen-steps")
+        # POSE: the pose option goes here (and is passed to engine.generate below)
+        go = st.button("Generate", type="primary", key="gen-btn")
+    with right:
+        if go or "gen-result" not in st.session_state:
+            try:
+                if go:
+                    vector, what = common.choose_identity(engine, source, index, prior_seed, photo)
+                    seed_list = common.parse_seeds(seeds)
+                else:  # the first visit shows a result
+                    vector, what = engine.identity_table[0], "training identity #0"
+                    seed_list, steps = [0, 1, 2, 3], engine.preset.sample_steps
+                images = engine.generate(vector, seed=seed_list, steps=int(steps))
+                st.session_state["gen-result"] = (grid(images, cols=min(8, len(images)), scale=1, pad=1),
+                                                  f"{len(images)} image(s) of {what}, seeds "
+                                                  f"{', '.join(map(str, seed_list))}")
+            except (ValueError, *BAD_IMAGE) as e:
+                show_error(e)
+        if "gen-result" in st.session_state:
+            img, cap = st.session_state["gen-result"]
+            show_images(st, img, cap, scale=scale)
+
+
+def tab_invert(engine, scale):
+    left, right = st.columns([1, 2])
+    with left:
+        photo = photo_picker(engine, "inv")
+        method = st.radio("Noise inversion", METHODS, horizontal=True, key="inv-method",
+                          help="img2noise: the trained network (one pass); ddim: DDIM inversion")
+        go = st.button("Invert", type="primary", key="inv-btn")
+    with right:
+        if go:
+            try:
+                if photo is None:
+                    raise ValueError("Upload a photo first (or pick an example).")
+                inv = engine.invert(photo, method=method)
+                st.session_state["inv-result"] = (inv, method)
+            except (ValueError, *BAD_IMAGE) as e:
+                show_error(e)
+        if "inv-result" in st.session_state:
+            inv, m = st.session_state["inv-result"]
+            c = st.columns(3)
+            show_images(c[0], inv.input, "input", scale)
+            show_images(c[1], inv.reconstruction, "reconstruction", scale)
+            show_images(c[2], noise_to_image(inv.noise), "noise (clipped to ±2.5)", scale)
+            near = engine.nearest_identities(inv.identity, k=1)[0]
+            st.markdown(f"**PSNR {inv.psnr:.2f} dB** · method `{m}` · nearest training identity "
+                        f"**#{near.index}** (pid {near.pid}, distance {near.distance:.3f})")
+    if "inv-result" in st.session_state:
+        inv, _ = st.session_state["inv-result"]
+        near = engine.nearest_identities(inv.identity, k=1)[0]
+        st.plotly_chart(common.identity_figure(inv.identity, compare=engine.identity_table[near.index],
+                                               compare_name=f"nearest training identity #{near.index}"),
+                        key="inv-plot")
+        with st.expander("Swap: another identity on this photo's noise", expanded=True):
+            c1, c2 = st.columns([1, 2])
+            with c1:
+                source, index, prior_seed, _ = identity_controls(engine, "swap", with_photo=False)
+                go_swap = st.button("Swap identity", key="swap-btn")
+            if go_swap:
+                try:
+                    vector, what = common.choose_identity(engine, source, index, prior_seed)
+                    swapped = engine.generate(vector, noise=inv.noise)[0]
+                    show_images(c2, grid([inv.input, inv.reconstruction, swapped], cols=3, scale=1, pad=1),
+                                f"photo · reconstruction · {what} on the photo's noise", scale)
+                except ValueError as e:
+                    show_error(e)
+
+
+def _set_sliders(engine, vector, r):
+    vals = [round(float(x), 4) for x in np.clip(vector, -r, r)]
+    for d, v in enumerate(vals):
+        st.session_state[f"lat-dim-{d}"] = v
+    st.session_state["lat-base"] = vals
+
+
+def tab_sliders(engine, scale):
+    r = common.slider_range(engine)
+    dim = engine.preset.id_dim
+    if "lat-base" not in st.session_state:
+        _set_sliders(engine, engine.identity_table[0], r)
+    left, right = st.columns([1, 3])
+    with left:
+        noise_seed = st.number_input("Noise seed", 0, 2 ** 31 - 1, 0, key="lat-noise")
+        b1, b2 = st.columns(2)
+        if b1.button("Reset", key="lat-reset"):
+            for d, v in enumerate(st.session_state["lat-base"]):
+                st.session_state[f"lat-dim-{d}"] = v
+        if b2.button("Randomise", type="primary", key="lat-random"):
+            s = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
+            _set_sliders(engine, engine.sample_identities(1, seed=s)[0], r)
+            st.session_state["lat-what"] = f"a new identity from the prior (seed {s})"
+        with st.expander("Start from ..."):
+            source, index, prior_seed, photo = identity_controls(engine, "lat")
+            if st.button("Load identity", key="lat-load"):
+                try:
+                    vector, what = common.choose_identity(engine, source, index, prior_seed, photo)
+                    _set_sliders(engine, vector, r)
+                    st.session_state["lat-what"] = what
+                except (ValueError, *BAD_IMAGE) as e:
+                    show_error(e)
+        image_slot = st.empty()
+        st.caption(f"Identity: {st.session_state.get('lat-what', 'training identity #0')}")
+    with right:
+        cols = st.columns(4)
+        values = [cols[d % 4].slider(f"dim {d}", -r, r, step=r / 100, key=f"lat-dim-{d}") for d in range(dim)]
+    vector = np.asarray(values, dtype=np.float32)
+    show_images(image_slot, render(engine, st.session_state["weights"], tuple(values), int(noise_seed)),
+                "fixed noise, your identity", 2 * scale)
+    sens = cached_sensitivity(engine, vector, seed=int(noise_seed), delta=0.3)
+    if st.button("Which dimensions matter?", key="lat-sens-btn", help="65 generations, then cached"):
+        bar = st.progress(0.0, text="moving each dimension by ±0.3")
+        sens = dimension_sensitivity(engine, vector, seed=int(noise_seed), delta=0.3,
+                                     progress=lambda f: bar.progress(float(f), text="moving each dimension by ±0.3"))
+        bar.empty()
+    if sens is not None:
+        top = np.argsort(-sens)[:5]
+        st.markdown("Dimensions that move this picture most: "
+                    + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
+        st.plotly_chart(common.sensitivity_figure(sens), key="lat-sens")
+
+
+def tab_reid(engine, scale, folders):
+    uploads: UploadGallery = st.session_state.setdefault("uploads", UploadGallery())
+    with st.expander("Gallery", expanded=engine.gallery is None and not len(uploads)):
+        c1, c2 = st.columns(2)
+        with c1:
+            if folders:
+                folder = st.selectbox("Gallery folder offered by this server", folders, key="gal-folder")
+                if st.button("Index folder", key="gal-index"):
+                    bar = st.progress(0.0, text="reading the folder")
+                    try:
+                        engine.index_gallery(folder, progress=lambda f, msg: bar.progress(float(f), text=msg))
+                        st.session_state["gal-indexed"] = folder
+                    except (DatasetError, ValueError) as e:
+                        show_error(e)
+            else:
+                st.info("No gallery folder offered (start with --gallery DIR).")
+        with c2:
+            files = st.file_uploader("Add your own photos to your gallery", accept_multiple_files=True,
+                                     key="gal-files")
+            if st.button("Add to my gallery", key="gal-add") and files:
+                new, problems = uploads.add(engine, [f.getvalue() for f in files], [f.name for f in files])
+                for p in problems:
+                    st.warning(p)
+                st.session_state["uploads"] = uploads = new
+            if st.button("Clear my photos", key="gal-clear"):
+                st.session_state["uploads"] = uploads = UploadGallery()
+    g = engine.gallery
+    st.caption(f"Gallery: {len(g) if g is not None else 0} indexed images"
+               f" + {len(uploads)} of your own photos (kept in your session only)")
+    left, right = st.columns([1, 3])
+    with left:
+        photo = photo_picker(engine, "reid", "Query photo")
+        k = st.slider("k (matches to show)", 1, 20, 5, key="reid-k")
+        go = st.button("Re-identify", type="primary", key="reid-btn")
+    with right:
+        if go:
+            try:
+                if photo is None:
+                    raise ValueError("Upload a photo first (or pick an example).")
+                v = engine.embed([photo])[0]
+                ids = engine.nearest_identities(v, k=k)
+                portraits = engine.generate(engine.identity_table[[m.index for m in ids]], seed=0)
+                st.markdown("**Nearest training identities** (generated portraits)")
+                show_images(st, portraits, [f"{m.distance:.3f} · #{m.index} (pid {m.pid})" for m in ids], scale)
+                galleries = [g, uploads if len(uploads) else None]
+                if any(x is not None and len(x) for x in galleries):
+                    hits = rank_galleries(v, galleries, k=k)
+                    st.markdown("**Nearest gallery images**")
+                    show_images(st, [common.gallery_image(engine, g, h.index, 1) if h.source == 0
+                                     else uploads.thumbs[h.index] for h in hits],
+                                [f"{h.distance:.3f} · " + (f"pid {h.pid}" if h.source == 0 and h.pid >= 0
+                                                           else (uploads.names[h.index] if h.source else
+                                                                 Path(g.paths[h.index]).name))
+                                 for h in hits], scale)
+                else:
+                    st.info("No gallery yet: index a folder or add photos to search images too.")
+            except (ValueError, *BAD_IMAGE) as e:
+                show_error(e)
+
+
+def tab_map(engine, scale):
+    left, right = st.columns([3, 1])
+    with right:
+        photo = photo_picker(engine, "map", "Place a photo on the map")
+        place = st.checkbox("Show my photo on the map", value=True, key="map-place")
+        index = st.number_input("Identity index", 0, engine.num_identities - 1, 0, key="map-index")
+        show_images(st, portrait(engine, int(index), st.session_state["weights"]),
+                    f"training identity #{int(index)} (pid {engine.identity_pids[int(index)]})", scale)
+    with left:
+        if not IdentityMap.ready(engine) and not st.button("Show the identity map (computed once, ~20 s)",
+                                                           key="map-btn"):
+            st.info("The identity map (UMAP) is being computed in the background.")
+            return
+        with st.spinner("Fitting UMAP ..."):
+            imap = IdentityMap.get(engine)
+        photo_xy = None
+        if place and photo is not None:
+            try:
+                photo_xy = imap.transform(engine.embed([photo])[0])[0]
+            except BAD_IMAGE as e:
+                show_error(e)
+        g = engine.gallery
+        gxy = imap.transform(g.features) if g is not None and len(g) else None
+        uploads = st.session_state.get("uploads")
+        uxy = imap.transform(uploads.features) if uploads is not None and len(uploads) else None
+        fig = common.map_figure(engine, imap, highlight=int(index), photo_xy=photo_xy, gallery_xy=gxy,
+                                gallery_pids=g.pids if gxy is not None else None, uploads_xy=uxy)
+        event = st.plotly_chart(fig, key="map-plot", on_select="rerun", selection_mode="points")
+        try:
+            pts = list(event["selection"]["points"]) if event else []
+        except (KeyError, TypeError):
+            pts = []
+        picked = [p for p in pts if p.get("curve_number") == 0 and "point_index" in p]
+        if picked:
+            i = int(picked[0]["point_index"])
+            show_images(st, portrait(engine, i, st.session_state["weights"]),
+                        f"selected: training identity #{i} (pid {engine.identity_pids[i]})", scale)
+
+
+def main():
+    st.set_page_config(page_title=TITLE, layout="wide")
+    args = _args()
+    weights = common.weights_arg(args.weights)
+    st.session_state["weights"] = weights
+    try:
+        engine = load_engine(weights)
+    except WeightsError as e:
+        st.title(TITLE)
+        st.error(str(e))
+        st.stop()
+    h, w = engine.image_size
+    st.title(TITLE)
+    st.caption(f"An identity is the {engine.preset.id_dim}-d conditioning vector of a diffusion generator "
+               f"(Asperti et al. 2024). Weights: preset `{engine.preset.name}`, {h}x{w} images, "
+               f"{engine.num_identities} training identities.")
+    scale = common.display_scale(engine)
+    tabs = st.tabs(["Generate", "Invert", "Latent sliders", "Re-identify", "Identity map"])
+    with tabs[0]:
+        tab_generate(engine, scale)
+    with tabs[1]:
+        tab_invert(engine, scale)
+    with tabs[2]:
+        tab_sliders(engine, scale)
+    with tabs[3]:
+        tab_reid(engine, scale, common.gallery_choices(args.gallery))
+    with tabs[4]:
+        tab_map(engine, scale)
+
+
+main()

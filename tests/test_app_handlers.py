@@ -1,0 +1,258 @@
+"""The Gradio app's handlers called directly (no server, no browser), bad uploads included."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from PIL import Image
+
+from app import common
+from app.common import PHOTO, PRIOR, TRAINING, UploadGallery
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights):
+    from reid_core.engine import ReIDEngine
+    return ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def app(engine, synthetic_market):
+    from app.gradio_app import ReIDApp
+    return ReIDApp(engine, gallery=str(synthetic_market))
+
+
+@pytest.fixture(scope="module")
+def photo(synthetic_market) -> str:
+    return str(sorted((synthetic_market / "query").glob("*.jpg"))[0])
+
+
+def make_uploads(folder: Path, source: str) -> dict[str, Path]:
+    """Awkward uploads: the bad ones must give a plain message, the odd ones must work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    out["not_image"] = folder / "notes.jpg"
+    out["not_image"].write_text("this is not a picture")
+    data = Path(source).read_bytes()
+    out["truncated"] = folder / "truncated.jpg"
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    out["tiny"] = folder / "tiny.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(out["tiny"])
+    rgba = Image.open(source).convert("RGBA")
+    rgba.putalpha(128)
+    out["rgba"] = folder / "rgba.png"
+    rgba.save(out["rgba"])
+    out["gray"] = folder / "gray.png"
+    Image.open(source).convert("L").save(out["gray"])
+    out["huge"] = folder / "huge.jpg"   # 10000 x 10000 (100 Mpixels): must work, and quickly
+    Image.new("RGB", (10000, 10000), (120, 130, 140)).save(out["huge"], quality=30)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory, photo):
+    return make_uploads(tmp_path_factory.mktemp("uploads"), photo)
+
+
+def _caption_count(caption: str) -> int:
+    return int(caption.split("**")[1].split()[0])
+
+
+# ---------------------------------------------------------------- generate
+def test_generate_from_every_identity_source(app, engine, photo):
+    h, w = engine.image_size
+    k = app.scale
+    img, cap = app.generate(TRAINING, 3, 0, None, "0-3")
+    assert isinstance(img, Image.Image) and _caption_count(cap) == 4 and "#3" in cap
+    assert img.size == (4 * w * k + 5 * 4, h * k + 2 * 4)   # 4 upscaled images in one row
+    img2, cap2 = app.generate(PRIOR, 0, 7, None, "1, 5, 9")
+    assert _caption_count(cap2) == 3 and "prior (seed 7)" in cap2
+    img3, cap3 = app.generate(PHOTO, 0, 0, photo, "0", steps=5)
+    assert "uploaded photo" in cap3 and "5 DDIM steps" in cap3
+    # same inputs, same pictures
+    assert np.array_equal(np.asarray(app.generate(TRAINING, 3, 0, None, "0-3")[0]), np.asarray(img))
+
+
+@pytest.mark.parametrize("args, message", [
+    ((TRAINING, 999, 0, None, "0"), "index"),
+    ((TRAINING, -1, 0, None, "0"), "index"),
+    ((TRAINING, 0, 0, None, "zero"), "whole number"),
+    ((TRAINING, 0, 0, None, "0-99"), "at most 16"),
+    ((TRAINING, 0, 0, None, ""), "at least one seed"),
+    ((PHOTO, 0, 0, None, "0"), "Upload a photo"),
+    ((PRIOR, 0, -3, None, "0"), "seed"),
+    (("Something else", 0, 0, None, "0"), "identity source"),
+])
+def test_generate_rejects_bad_input_plainly(app, args, message):
+    with pytest.raises(gr.Error, match=message):
+        app.generate(*args)
+
+
+def test_parse_seeds():
+    assert common.parse_seeds("0-3, 7") == [0, 1, 2, 3, 7]
+    assert common.parse_seeds(5) == [5]
+    assert common.parse_seeds(" 2 4 ") == [2, 4]
+    for bad in ("3-1", "-2", "1.5", "a", ""):
+        with pytest.raises(ValueError):
+            common.parse_seeds(bad)
+
+
+# ---------------------------------------------------------------- invert and swap
+@pytest.mark.parametrize("method", ["img2noise", "ddim"])
+def test_invert(app, engine, photo, method):
+    inp, rec, noise, fig, cap = app.invert(photo, method)
+    h, w = engine.image_size
+    assert inp.size == rec.size == noise.size == (w * app.scale, h * app.scale)
+    assert isinstance(fig, go.Figure) and len(fig.data[0].y) == engine.preset.id_dim
+    assert "PSNR" in cap and method in cap and "dB" in cap
+    sheet, scap = app.swap(photo, method, PRIOR, 0, 4)
+    assert sheet.size[0] > 3 * w * app.scale and "prior (seed 4)" in scap
+    sheet2, scap2 = app.swap(photo, method, TRAINING, 1, 0)
+    assert "#1" in scap2
+
+
+def test_invert_and_swap_errors(app, photo):
+    with pytest.raises(gr.Error, match="Upload a photo"):
+        app.invert(None, "img2noise")
+    with pytest.raises(gr.Error, match="method"):
+        app.invert(photo, "magic")
+    with pytest.raises(gr.Error, match="Upload a photo"):
+        app.swap(None, "img2noise", TRAINING, 0, 0)
+    with pytest.raises(gr.Error, match="index"):
+        app.swap(photo, "img2noise", TRAINING, 10 ** 6, 0)
+
+
+# ---------------------------------------------------------------- bad uploads
+@pytest.mark.parametrize("kind, message", [
+    ("not_image", "not an image"),
+    ("truncated", "damaged or truncated"),
+    ("tiny", "too small"),
+])
+def test_bad_uploads_give_plain_messages(app, uploads, kind, message):
+    for call in (lambda p: app.invert(p, "img2noise"), lambda p: app.reidentify(p, 5, None),
+                 lambda p: app.generate(PHOTO, 0, 0, p, "0"), lambda p: app.identity_map(p, 0, None)):
+        with pytest.raises(gr.Error, match=message) as info:
+            call(str(uploads[kind]))
+        assert "Traceback" not in str(info.value) and "That photo cannot be used" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray", "huge"])
+def test_odd_but_valid_uploads_work(app, engine, uploads, kind):
+    inp, rec, noise, fig, cap = app.invert(str(uploads[kind]), "img2noise")
+    assert "PSNR" in cap
+    assert np.asarray(inp).shape == (engine.image_size[0] * app.scale, engine.image_size[1] * app.scale, 3)
+
+
+def test_over_pil_limit_is_plain(app):
+    """A PNG header claiming 20000x20000: PIL refuses it before the engine looks; still a plain message."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(gr.Error, match="too large"):
+        app.invert(io.BytesIO(data), "img2noise")
+
+
+# ---------------------------------------------------------------- latent sliders
+def test_latent_sliders(app, engine, photo):
+    dim = engine.preset.id_dim
+    out = app.latent_load(TRAINING, 2, 0, None, 0)
+    values, image, base, cap = out[:dim], out[dim], out[dim + 1], out[dim + 2]
+    assert len(values) == dim and base == list(values) and "#2" in cap
+    np.testing.assert_allclose(values, np.clip(engine.identity_table[2], -app.range, app.range), atol=1e-4)
+    moved = list(values)
+    moved[5] = app.range
+    img_moved = app.latent_render(0, *moved)
+    assert img_moved.size == image.size
+    assert np.array_equal(np.asarray(app.latent_render(0, *values)), np.asarray(image))  # fixed noise
+    reset = app.latent_reset(0, base)
+    assert list(reset[:dim]) == base
+    rnd = app.latent_random(0, seed=11)
+    assert "seed 11" in rnd[-1] and all(-app.range <= v <= app.range for v in rnd[:dim])
+    skip, hint = app.latent_sensitivity_cached(0, *values)
+    assert not isinstance(skip, go.Figure) and "Which dimensions matter" in hint   # not computed yet
+    fig, scap = app.latent_sensitivity(0, *values)
+    assert isinstance(fig, go.Figure) and len(fig.data[0].y) == dim and "most" in scap
+    fig2, scap2 = app.latent_sensitivity_cached(0, *values)                         # now it is cached
+    assert isinstance(fig2, go.Figure) and scap2 == scap
+    from_photo = app.latent_load(PHOTO, 0, 0, photo, 1)
+    assert "photo" in from_photo[-1]
+    with pytest.raises(gr.Error):
+        app.latent_render(0, *values[:-1])
+    with pytest.raises(gr.Error):
+        app.latent_render(0, *(["x"] * dim))
+
+
+# ---------------------------------------------------------------- re-identify
+def test_reidentify_with_folder_and_uploads(app, engine, photo, synthetic_market, uploads):
+    ids, gal, cap = app.reidentify(photo, 3, None)
+    assert len(ids) == 3 and all(isinstance(im, Image.Image) and "#" in c for im, c in ids)
+    if app.indexed_folder is None:
+        assert gal == [] and "No gallery" in cap
+    with pytest.raises(gr.Error, match="not one of the galleries"):
+        app.index_folder("/etc")
+    status = app.index_folder(str(synthetic_market))
+    assert "images indexed" in status
+    ids, gal, cap = app.reidentify(photo, 4, None)
+    assert len(gal) == 4 and "pid" in gal[0][1]
+    dists = [float(c.split(" · ")[0]) for _, c in gal]
+    assert dists == sorted(dists)
+    # the query's own person is among the nearest gallery images (synthetic persons are easy)
+    qpid = int(Path(photo).name.split("_")[0])
+    assert any(f"pid {qpid}" in c for _, c in gal)
+    # a visitor's own photos: bad files are skipped with a warning, good ones added
+    state, status = app.add_uploads([photo, str(uploads["not_image"]), str(uploads["gray"])], UploadGallery())
+    assert len(state) == 2 and "2 of your own photos" in status
+    ids, gal, cap = app.reidentify(photo, 2, state)
+    assert gal[0][1].startswith("0.000") and Path(photo).name in gal[0][1]   # the same photo, distance 0
+    with pytest.raises(gr.Error, match="none of those files"):
+        app.add_uploads([str(uploads["not_image"])], state)
+    with pytest.raises(gr.Error):
+        app.add_uploads([], state)
+    cleared, status = app.clear_uploads()
+    assert len(cleared) == 0
+
+
+# ---------------------------------------------------------------- identity map
+def test_identity_map_and_portraits(app, engine, photo):
+    fig, cap = app.identity_map(None, 1, None)
+    assert isinstance(fig, go.Figure)
+    names = [t.name for t in fig.data]
+    assert names[0] == "training identities" and len(fig.data[0].x) == engine.num_identities
+    assert "identity #1" in names
+    state, _ = app.add_uploads([photo], UploadGallery())
+    fig, cap = app.identity_map(photo, None, state)
+    names = [t.name for t in fig.data]
+    assert "your photo" in names and "your gallery uploads" in names and "Your photo" in cap
+    sheet, who = app.show_identity(2)
+    assert isinstance(sheet, Image.Image) and "#2" in who
+    with pytest.raises(gr.Error):
+        app.show_identity(engine.num_identities)
+
+
+# ---------------------------------------------------------------- building the app
+def test_build_demo_has_named_events(engine):
+    from app.gradio_app import build_demo
+    demo = build_demo(engine)
+    names = {d.api_name for d in demo.fns.values()}
+    for expected in ("generate", "invert", "swap", "latent_render", "latent_random", "latent_reset",
+                     "latent_load", "reidentify", "index_folder", "add_to_gallery", "identity_map", "show_identity"):
+        assert expected in names
+    assert all(d.api_name for d in demo.fns.values())
+    assert common.example_photos(engine), "the first visit has examples"
+
+
+def test_weights_and_gallery_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("REID_WEIGHTS", raising=False)
+    assert common.weights_arg(None).endswith("weights")
+    monkeypatch.setenv("REID_WEIGHTS", "someone/some-repo")
+    assert common.weights_arg(None) == "someone/some-repo"
+    assert common.weights_arg("x") == "x"
+    assert common.gallery_choices(str(tmp_path))[0] == str(tmp_path.resolve())

@@ -1,0 +1,197 @@
+"""reid_core.explore: images, noise display, dimension sensitivity, gallery ranking, identity map."""
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reid_core import explore
+from reid_core.explore import (IdentityMap, dimension_sensitivity, grid, noise_to_image, rank_galleries,
+                               upscale)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights):
+    from reid_core.engine import ReIDEngine
+    return ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+
+
+# ---------------------------------------------------------------- upscale / grid
+def test_upscale_is_nearest_neighbour():
+    arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    big = upscale(arr, 4)
+    assert big.size == (12, 8)
+    out = np.asarray(big)
+    assert np.array_equal(out[::4, ::4], arr)              # every block holds its source pixel
+    assert np.array_equal(out[3::4, 3::4], arr)
+    assert len(np.unique(out.reshape(-1, 3), axis=0)) == 6  # no blended colours
+    same = upscale(Image.fromarray(arr), 1)
+    assert same.size == (3, 2) and np.array_equal(np.asarray(same), arr)
+    with pytest.raises(ValueError):
+        upscale(arr, 0)
+
+
+def test_grid_layout_and_padding():
+    imgs = [Image.new("RGB", (8, 16), (i * 40, 0, 0)) for i in range(5)]
+    sheet = grid(imgs, cols=3, scale=2, pad=4)
+    # 3 columns of 16 px, 2 rows of 32 px, 4 px around and between
+    assert sheet.size == (3 * 16 + 4 * 4, 2 * 32 + 3 * 4)
+    a = np.asarray(sheet)
+    assert tuple(a[0, 0]) == (255, 255, 255)
+    assert tuple(a[4, 4]) == (0, 0, 0)                     # first image's top-left pixel
+    assert tuple(a[4 + 32 + 4, 4 + 16 + 4]) == (160, 0, 0)  # second row, second column: image 4
+    assert grid(imgs, cols=10, scale=1, pad=0).size == (40, 16)  # cols clamp to the image count
+    mixed = grid([Image.new("RGB", (4, 4)), Image.new("RGB", (8, 2))], cols=2, scale=1, pad=0)
+    assert mixed.size == (16, 4)
+    with pytest.raises(ValueError):
+        grid([])
+
+
+# ---------------------------------------------------------------- noise display
+def test_noise_to_image_clips_and_rescales():
+    z = np.zeros((3, 4, 2), np.float32)
+    z[0, 0, 0], z[1, 0, 0], z[2, 0, 0] = -2.5, 2.5, 0.0
+    z[0, 1, 0], z[1, 1, 0] = -9.0, 9.0                    # beyond the clip
+    z[2, 1, 0] = np.nan
+    img = noise_to_image(z)
+    assert img.size == (2, 4) and img.mode == "RGB"
+    a = np.asarray(img)
+    assert tuple(a[0, 0]) == (0, 255, 128)
+    assert tuple(a[1, 0][:2]) == (0, 255) and a[1, 0][2] == 128   # clipped; NaN shown as 0
+    assert noise_to_image(z[None]).size == (2, 4)           # a batch of one
+    with pytest.raises(ValueError):
+        noise_to_image(np.zeros((4, 2)))
+
+
+def test_noise_to_image_of_a_real_inversion(engine, synthetic_market):
+    photo = sorted((synthetic_market / "query").glob("*.jpg"))[0]
+    inv = engine.invert(photo)
+    img = noise_to_image(inv.noise)
+    h, w = engine.image_size
+    assert img.size == (w, h)
+
+
+# ---------------------------------------------------------------- sensitivity
+def test_dimension_sensitivity_matches_vary(engine):
+    ident = engine.identity_table[1]
+    sens = dimension_sensitivity(engine, ident, seed=3, delta=0.3)
+    assert sens.shape == (engine.preset.id_dim,) and np.isfinite(sens).all() and (sens >= 0).all()
+    assert sens.max() > 0
+    base = np.asarray(engine.generate(ident, seed=3)[0], np.float32)
+    for d in (0, int(np.argmax(sens))):
+        moved = engine.vary(ident, d, [ident[d] + 0.3, ident[d] - 0.3], seed=3)
+        expect = np.mean([np.abs(np.asarray(m, np.float32) - base).mean() for m in moved])
+        assert sens[d] == pytest.approx(expect, abs=0.05)   # batches differ: a rare 1-level rounding flip
+
+
+def test_dimension_sensitivity_is_cached(engine, monkeypatch):
+    ident = engine.identity_table[2]
+    first = dimension_sensitivity(engine, ident, seed=0)
+    calls = []
+    original = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = dimension_sensitivity(engine, ident, seed=0)
+    assert calls == [] and np.array_equal(first, again)
+    again[0] = -1                                            # callers get copies
+    assert dimension_sensitivity(engine, ident, seed=0)[0] == first[0]
+    assert explore.cached_sensitivity(engine, ident, seed=1) is None
+    fractions = []
+    dimension_sensitivity(engine, ident, seed=1, progress=fractions.append, batch=20)  # another noise: computed
+    assert len(calls) == 4 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert np.array_equal(explore.cached_sensitivity(engine, ident, seed=1),
+                          dimension_sensitivity(engine, ident, seed=1))
+    assert np.array_equal(dimension_sensitivity(engine, 2, seed=0), first)  # an index works too
+    with pytest.raises(ValueError):
+        dimension_sensitivity(engine, engine.identity_table[:2])
+
+
+# ---------------------------------------------------------------- ranking over several galleries
+def test_rank_galleries_merges_sources():
+    a = SimpleNamespace(features=np.array([[0, 0], [3, 0], [1, 0]], np.float32),
+                        pids=np.array([1, 2, 3]), camids=np.array([0, 1, 0]))
+    b = SimpleNamespace(features=np.array([[2, 0], [1, 0]], np.float32), pids=-np.ones(2, int),
+                        camids=-np.ones(2, int))
+    hits = rank_galleries(np.array([0.9, 0], np.float32), [a, None, b], k=4)
+    assert [(h.source, h.index) for h in hits] == [(0, 2), (2, 1), (0, 0), (2, 0)]  # tie: gallery order
+    assert hits[0].pid == 3 and hits[1].pid == -1
+    assert hits[0].distance == pytest.approx(0.1, abs=1e-6)
+    assert len(rank_galleries(np.zeros(2), [a], k=99)) == 3
+    with pytest.raises(ValueError, match="no gallery"):
+        rank_galleries(np.zeros(2), [None])
+
+
+# ---------------------------------------------------------------- identity map
+class _TableOnly:
+    """Stands in for an engine: IdentityMap reads only `identity_table` (and needs a weakref-able key)."""
+
+    def __init__(self, table):
+        self.identity_table = table
+
+
+def _clustered(k_per=15, clusters=3, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (clusters, dim))
+    table = np.concatenate([c + rng.normal(0, 0.1, (k_per, dim)) for c in centres]).astype(np.float32)
+    return table, np.repeat(np.arange(clusters), k_per), centres
+
+
+def test_identity_map_pca_for_small_tables(engine):
+    m = IdentityMap(engine.identity_table) if engine.num_identities < IdentityMap.min_umap_points else \
+        IdentityMap(engine.identity_table, method="pca")
+    assert m.method == "pca"
+    assert m.coords.shape == (engine.num_identities, 2)
+    np.testing.assert_allclose(m.transform(engine.identity_table), m.coords, atol=1e-5)
+    assert m.transform(engine.identity_table[0]).shape == (1, 2)
+    with pytest.raises(ValueError):
+        m.transform(np.zeros((1, 5)))
+
+
+@pytest.mark.timeout(300)
+def test_identity_map_umap_places_points_near_their_cluster():
+    table, labels, centres = _clustered()
+    fake_engine = _TableOnly(table)
+    assert not IdentityMap.ready(fake_engine)
+    thread = IdentityMap.warm_up(fake_engine, n_neighbors=10)
+    thread.join(timeout=280)
+    assert IdentityMap.ready(fake_engine)
+    m = IdentityMap.get(fake_engine)
+    assert m.method == "umap" and m.coords.shape == (len(table), 2)
+    assert IdentityMap.get(fake_engine) is m                   # fitted once
+    # a new vector close to cluster c lands nearest to points of cluster c
+    rng = np.random.default_rng(1)
+    new = (centres + rng.normal(0, 0.1, centres.shape)).astype(np.float32)
+    xy = m.transform(new)
+    assert xy.shape == (3, 2)
+    for c in range(3):
+        nearest = np.argsort(np.linalg.norm(m.coords - xy[c], axis=1))[:5]
+        assert (labels[nearest] == c).all()
+    np.testing.assert_allclose(m.transform(new), xy)           # deterministic (seeded)
+
+
+def test_identity_map_get_fits_once_under_concurrency(monkeypatch):
+    fits = []
+    original = IdentityMap.__init__
+
+    def counting(self, table, **kw):
+        fits.append(1)
+        original(self, table, method="pca")
+    monkeypatch.setattr(IdentityMap, "__init__", counting)
+    fake_engine = _TableOnly(_clustered(k_per=4)[0])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(IdentityMap.get(fake_engine))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fits) == 1 and all(r is results[0] for r in results)
+
+
+def test_identity_map_rejects_bad_tables():
+    with pytest.raises(ValueError):
+        IdentityMap(np.zeros((1, 32)))
+    with pytest.raises(ValueError):
+        IdentityMap(np.zeros((5, 32)), method="tsne")
+    assert explore.NOISE_CLIP == 2.5

@@ -1,0 +1,174 @@
+"""The Gradio app as a server on 127.0.0.1, driven through its API with gradio_client."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, synthetic_market):
+    from app.gradio_app import build_demo, serve
+    from reid_core.engine import ReIDEngine
+    engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+    demo = build_demo(engine, gallery=str(synthetic_market))
+    port = _free_port()
+    serve(demo, port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+    return Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def photo(synthetic_market) -> str:
+    return str(sorted((synthetic_market / "query").glob("*.jpg"))[0])
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory, photo):
+    try:  # the same helper as the handler tests
+        from tests.test_app_handlers import make_uploads
+    except ImportError:
+        from test_app_handlers import make_uploads
+    return make_uploads(tmp_path_factory.mktemp("api-uploads"), photo)
+
+
+def _file(path):
+    from gradio_client import handle_file
+    return handle_file(str(path))
+
+
+def test_every_endpoint_has_a_name(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    named = set(api["named_endpoints"])
+    for name in ("/generate", "/invert", "/swap", "/latent_render", "/latent_random", "/reidentify",
+                 "/index_folder", "/add_to_gallery", "/identity_map", "/show_identity"):
+        assert name in named
+    assert not api["unnamed_endpoints"]
+
+
+def test_generate_invert_swap(client, photo, tiny_weights):
+    img, cap = client.predict("Training identity", 1, 0, None, "0-3", 10, api_name="/generate")
+    assert Path(img).exists() and "4 image(s)" in cap
+    assert Image.open(img).size[0] > Image.open(img).size[1]           # one row of 4 persons
+    inp, rec, noise, plot, cap = client.predict(_file(photo), "img2noise", api_name="/invert")
+    assert all(Path(p).exists() for p in (inp, rec, noise)) and "PSNR" in cap
+    inp, rec, noise, plot, cap = client.predict(_file(photo), "ddim", api_name="/invert")
+    assert "ddim" in cap
+    sheet, cap = client.predict(_file(photo), "img2noise", "New identity (prior)", 0, 3, api_name="/swap")
+    assert Path(sheet).exists() and "seed 3" in cap
+
+
+def test_latent_sliders(client):
+    values = [0.0] * 32
+    img = client.predict(0, *values, api_name="/latent_render")
+    assert Path(img).exists()
+    out = client.predict(0, api_name="/latent_random")
+    assert len(out) == 32 + 2 and "prior" in out[-1]   # 32 values, image, caption (the state is hidden)
+    fig, cap = client.predict(0, *values, api_name="/latent_sensitivity")
+    assert "most" in cap
+
+
+def test_reidentify_with_gallery(client, photo, synthetic_market):
+    ids, gal, cap = client.predict(_file(photo), 5, api_name="/reidentify")
+    assert len(ids) == 5
+    status = client.predict(str(synthetic_market), api_name="/index_folder")
+    assert "images indexed" in status
+    ids, gal, cap = client.predict(_file(photo), 5, api_name="/reidentify")
+    assert len(gal) == 5 and all(item["caption"] for item in gal)
+    status = client.predict([_file(photo)], api_name="/add_to_gallery")
+    assert "1 of your own photos" in status
+    ids, gal, cap = client.predict(_file(photo), 3, api_name="/reidentify")
+    assert gal[0]["caption"].startswith("0.000")          # the uploaded copy of the query itself
+
+
+def test_identity_map(client, photo):
+    fig, cap = client.predict(_file(photo), 0, api_name="/place_photo")
+    assert "Your photo" in cap
+    sheet, who = client.predict(3, api_name="/show_identity")
+    assert Path(sheet).exists() and "#3" in who
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("not_image", "not an image"),
+    ("truncated", "damaged or truncated"),
+    ("tiny", "too small"),
+])
+def test_bad_uploads_are_refused_plainly_and_the_server_keeps_serving(client, server, uploads, photo, kind,
+                                                                       message):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match=message):
+        client.predict(_file(uploads[kind]), "img2noise", api_name="/invert")
+    with pytest.raises(AppError, match=message):
+        client.predict(_file(uploads[kind]), 5, api_name="/reidentify")
+    assert _get(server) == 200
+    *_, cap = client.predict(_file(photo), "img2noise", api_name="/invert")
+    assert "PSNR" in cap
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray", "huge"])
+def test_odd_uploads_work(client, uploads, kind):
+    *_, cap = client.predict(_file(uploads[kind]), "img2noise", api_name="/invert")
+    assert "PSNR" in cap
+
+
+def test_out_of_range_values_are_refused(client):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError):
+        client.predict("Training identity", 10 ** 6, 0, None, "0", 10, api_name="/generate")
+    with pytest.raises(AppError, match="seed"):
+        client.predict("Training identity", 0, 0, None, "a-b", 10, api_name="/generate")
+
+
+def test_cli_starts_and_serves(tiny_weights):
+    """`python -m app` as a subprocess: serves the page, and a missing weights folder is a plain error."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bad = subprocess.run([sys.executable, "-m", "app", "--weights", str(ROOT / "no-such-weights"),
+                          "--port", str(_free_port())], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--weights", str(tiny_weights), "--port", str(port),
+                             "--no-warm-up"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status = _get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200, proc.stdout.read().decode() if proc.poll() is not None else "no answer"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,134 @@
+"""The Streamlit app through streamlit.testing (no browser): every tab, widgets, bad uploads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app" / "streamlit_app.py")
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def at(tiny_weights, synthetic_market, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("REID_WEIGHTS", str(tiny_weights))
+    monkeypatch.setenv("REID_GALLERY", str(synthetic_market))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _pictures(at) -> list[str]:
+    """The inline pictures on the page (the app shows images as inline PNGs, crisp when enlarged)."""
+    return [m.value for m in at.markdown if "data:image/png;base64," in m.value]
+
+
+def _photo_bytes(synthetic_market) -> bytes:
+    return sorted((synthetic_market / "query").glob("*.jpg"))[0].read_bytes()
+
+
+def test_first_page_shows_results(at):
+    assert at.title[0].value == "Generative person re-identification"
+    assert [t.label for t in at.tabs] == ["Generate", "Invert", "Latent sliders", "Re-identify", "Identity map"]
+    assert not at.error
+    assert len(_pictures(at)) >= 2     # a generated sheet and the slider picture on the first visit
+    assert len(at.slider) >= 32
+
+
+def test_generate_and_invert(at, synthetic_market):
+    at.text_input(key="gen-seeds").set_value("0-5")
+    _ok(at.button(key="gen-btn").click().run())
+    assert not at.error
+    at.radio(key="gen-source").set_value("New identity (prior)")
+    at.number_input(key="gen-prior").set_value(9)
+    _ok(at.button(key="gen-btn").click().run())
+    assert not at.error
+    at.text_input(key="gen-seeds").set_value("nine")
+    _ok(at.button(key="gen-btn").click().run())
+    assert any("whole number" in e.value for e in at.error)
+    at.file_uploader(key="inv-upload").set_value(("q.jpg", _photo_bytes(synthetic_market), "image/jpeg"))
+    _ok(at.run())
+    at.radio(key="inv-method").set_value("ddim")
+    _ok(at.button(key="inv-btn").click().run())
+    assert any("PSNR" in m.value for m in at.markdown)
+    _ok(at.button(key="swap-btn").click().run())
+    assert not at.error
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("notes.jpg", b"not a picture at all", "not an image"),
+    ("tiny.png", None, "too small"),
+    ("truncated.jpg", "truncate", "damaged or truncated"),
+])
+def test_bad_uploads_show_plain_errors(at, synthetic_market, name, data, message):
+    import io
+    if data is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (1, 1)).save(buf, "PNG")
+        data = buf.getvalue()
+    elif data == "truncate":
+        full = _photo_bytes(synthetic_market)
+        data = full[: len(full) // 2]
+    at.file_uploader(key="inv-upload").set_value((name, data, "image/jpeg"))
+    _ok(at.run())
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    _ok(at.button(key="inv-btn").click().run())      # the app keeps working
+    assert any("Upload a photo" in e.value for e in at.error)
+
+
+def test_rgba_and_grayscale_uploads_work(at, synthetic_market):
+    import io
+    src = Image.open(io.BytesIO(_photo_bytes(synthetic_market)))
+    for mode in ("RGBA", "L"):
+        buf = io.BytesIO()
+        src.convert(mode).save(buf, "PNG")
+        at.file_uploader(key="inv-upload").set_value((f"x-{mode}.png", buf.getvalue(), "image/png"))
+        _ok(at.button(key="inv-btn").click().run())
+        assert not at.error and any("PSNR" in m.value for m in at.markdown)
+
+
+def test_latent_sliders(at):
+    before = at.slider(key="lat-dim-3").value
+    at.slider(key="lat-dim-3").set_value(0.0 if before else 0.05)
+    _ok(at.run())
+    _ok(at.button(key="lat-random").click().run())
+    after = [at.slider(key=f"lat-dim-{d}").value for d in range(32)]
+    _ok(at.button(key="lat-reset").click().run())
+    assert [at.slider(key=f"lat-dim-{d}").value for d in range(32)] == after  # reset to the loaded identity
+    _ok(at.button(key="lat-sens-btn").click().run())
+    assert any("move this picture most" in m.value for m in at.markdown)
+
+
+def test_reidentify_and_map(at, synthetic_market):
+    _ok(at.button(key="reid-btn").click().run())   # an example photo is preselected
+    assert not at.error
+    at.selectbox(key="gal-folder").set_value(str(Path(synthetic_market).resolve()))
+    _ok(at.button(key="gal-index").click().run())
+    assert not at.error
+    _ok(at.button(key="reid-btn").click().run())
+    assert any("Nearest gallery images" in m.value for m in at.markdown)
+    assert any("pid" in p and p.count("<figure") >= 5 for p in _pictures(at))
+    at.file_uploader(key="gal-files").set_value([("<b>mine</b>.jpg", _photo_bytes(synthetic_market), "image/jpeg"),
+                                                 ("bad.jpg", b"nope", "image/jpeg")])
+    _ok(at.button(key="gal-add").click().run())
+    assert any("bad.jpg" in w.value for w in at.warning)
+    assert any("1 of your own photos" in c.value for c in at.caption)
+    at.slider(key="reid-k").set_value(20)
+    _ok(at.button(key="reid-btn").click().run())
+    pics = " ".join(_pictures(at))
+    assert "&lt;b&gt;mine&lt;/b&gt;.jpg" in pics and "<b>mine" not in pics   # names are escaped
+    if "map-btn" in [b.key for b in at.button]:        # the map was still fitting in the background
+        _ok(at.button(key="map-btn").click().run())
+    assert len(at.get("plotly_chart")) >= 1            # the identity map
+    at.number_input(key="map-index").set_value(2)
+    _ok(at.run())
+    assert not at.error
