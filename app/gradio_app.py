@@ -133,6 +133,17 @@ def _plain_errors(fn):
     return wrapper
 
 
+NO_POSE, LIBRARY_POSE, PHOTO_POSE = "None", "Library pose", "From a photo"
+POSE_MODES = (NO_POSE, LIBRARY_POSE, PHOTO_POSE)
+
+
+def _library_skeleton(engine, k) -> Image.Image | None:
+    if not engine.has_pose_model or not engine.pose_library():
+        return None
+    h, w = engine.image_size
+    return engine.render_pose(int(k or 0), (3 * h, 3 * w))
+
+
 def _need_photo(photo) -> None:
     if photo is None:
         raise gr.Error("Upload a photo first (or click one of the example photos).", duration=ERROR_SECONDS)
@@ -159,13 +170,25 @@ class ReIDApp:
 
     # ------------------------------------------------------------ generate
     @_plain_errors
-    def generate(self, source: str, index, prior_seed, photo, seeds, steps=None, pose=None):
-        """Identity (training index / prior sample / photo) x seeds -> (grid image, caption)."""
+    def generate(self, source: str, index, prior_seed, photo, seeds, steps=None, pose_mode=NO_POSE,
+                 pose_index=0, pose_photo=None):
+        """Identity (training index / prior sample / photo) x seeds [x pose] -> (grid image, caption).
+
+        pose_mode: NO_POSE, LIBRARY_POSE (pose_index into the engine's pose library) or
+        PHOTO_POSE (the pose of the person in pose_photo).
+        """
         vector, what = common.choose_identity(self.engine, source, index, prior_seed, photo)
         seed_list = common.parse_seeds(seeds)
         steps = int(steps) if steps else None
-        # POSE: the pose control (a library index, (18, 3) keypoints or a photo) arrives as `pose`;
-        # wire a component to this parameter in build_demo (see "POSE:" there).
+        pose = None
+        if pose_mode == LIBRARY_POSE:
+            pose = int(pose_index or 0)
+        elif pose_mode == PHOTO_POSE:
+            if pose_photo is None:
+                raise gr.Error("Upload the photo whose pose to follow.", duration=ERROR_SECONDS)
+            pose = pose_photo
+        if pose is not None and not self.engine.has_pose_model:
+            raise gr.Error("These weights have no pose-conditioned generator.", duration=ERROR_SECONDS)
         if pose is None:
             images = self._generate_cached(vector, seed_list, steps)
         else:
@@ -527,7 +550,19 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                                          elem_id="gen-seeds")
                     with gr.Accordion("Options", open=False):
                         g_steps = gr.Slider(1, 50, value=engine.preset.sample_steps, step=1, label="DDIM steps")
-                        # POSE: the pose option goes here (e.g. a skeleton image or a reference photo)
+                    with gr.Accordion("Pose", open=engine.has_pose_model, visible=engine.has_pose_model):
+                        g_pose_mode = gr.Radio(list(POSE_MODES), value=NO_POSE, label="Pose",
+                                               info="None: the pose lives in the noise (the paper's way)",
+                                               elem_id="gen-pose-mode")
+                        n_lib = max(1, len(engine.pose_library()))
+                        g_pose_index = gr.Slider(0, n_lib - 1, value=0, step=1, label="Library pose",
+                                                 elem_id="gen-pose-index")
+                        g_pose_view = gr.Image(_library_skeleton(engine, 0), label="Skeleton", format="png",
+                                               interactive=False, height=160, elem_id="gen-pose-view")
+                        g_pose_photo = photo_input(label="Photo whose pose to follow", height=160,
+                                                   elem_id="gen-pose-photo")
+                        g_pose_index.change(lambda k: _library_skeleton(engine, k), [g_pose_index], [g_pose_view],
+                                            api_name="pose_skeleton", queue=False)
                     g_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
                 with gr.Column(scale=2):
                     g_out = gr.Image(label="Generated", format="png", elem_classes=["pixelated"],
@@ -535,7 +570,8 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                     g_caption = gr.Markdown(g_init[1], elem_id="gen-caption")
             gr.Examples([[p] for p in examples], inputs=[g_photo], label="Example photos (click, then "
                         "choose 'From a photo')", examples_per_page=12)
-            g_btn.click(app.generate, [g_source, g_index, g_prior, g_photo, g_seeds, g_steps],
+            g_btn.click(app.generate, [g_source, g_index, g_prior, g_photo, g_seeds, g_steps,
+                                       g_pose_mode, g_pose_index, g_pose_photo],
                         [g_out, g_caption], api_name="generate", **MODEL)
 
         # ---------------------------------------------------------- Invert

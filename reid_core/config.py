@@ -51,6 +51,7 @@ class Preset:
     img2noise_steps: int = 20_000
     img2noise_batch: int = 32
     img2noise_lr: float = 3e-4
+    img2noise_real_images: int = 0                   # real images given DDIM-inverted targets (0: all)
     img2noise_recon_weight: float = 1.0              # loss through the sampling chain (paper Sec. 4)
     img2noise_recon_every: int = 1                   # apply it every k-th step (it costs `sample_steps` passes)
     # pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator
@@ -101,7 +102,7 @@ PRESETS: dict[str, Preset] = {
         prior_steps=4_000, enc_channels=(32, 64, 128, 256), enc_layers_per_block=1,
         img2id_steps=2_500, img2id_batch=64, img2id_lr=5e-4, synth_images=2048,
         noise_channels=(32, 64, 128), noise_layers_per_block=1, img2noise_steps=1_000,
-        img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0,
+        img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0, img2noise_real_images=1024,
         pose_steps=800, pose_batch=32, pose_lr=3e-4,
         baseline_steps=2_000, checkpoint_every=250),
     "paper": Preset(name="paper"),

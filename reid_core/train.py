@@ -343,6 +343,12 @@ def train_img2noise(images, labels, generator, prior, preset: Preset, out: Path,
     torch.manual_seed(preset.seed)
     table = generator.identity_embedding.weight.detach().float().to(device)
     bank_x, bank_id, bank_z = _load_or_make_bank(generator, prior, table, preset, out, device, progress)
+    if preset.img2noise_real_images and preset.img2noise_real_images < len(images):
+        # DDIM inversion costs `sample_steps` generator passes per image: on a CPU a seeded
+        # subset of the real images gets inverted targets, the bank supplies the rest
+        pick = torch.randperm(len(images), generator=step_generator(preset.seed, "img2noise", 10**9))
+        pick = pick[:preset.img2noise_real_images].sort().values
+        images, labels = images[pick], labels[pick]
     real_z = _inverted_noise(generator, images, labels, table, preset, out, device, progress)
     net = IdentityUNet(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
                        layers_per_block=preset.noise_layers_per_block, id_dim=0,

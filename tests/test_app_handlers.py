@@ -92,6 +92,25 @@ def test_generate_rejects_bad_input_plainly(app, args, message):
         app.generate(*args)
 
 
+def test_generate_with_a_pose(app, engine, photo, tmp_path):
+    from app.gradio_app import LIBRARY_POSE, NO_POSE, PHOTO_POSE
+    plain, _ = app.generate(TRAINING, 1, 0, None, "0-1", None, NO_POSE)
+    posed, cap = app.generate(TRAINING, 1, 0, None, "0-1", None, LIBRARY_POSE, 0)
+    assert _caption_count(cap) == 2
+    def as_image(x):
+        return x if isinstance(x, Image.Image) else Image.open(x)
+
+    assert not np.array_equal(np.asarray(as_image(plain)), np.asarray(as_image(posed)))
+    from_photo, _ = app.generate(TRAINING, 1, 0, None, "0", None, PHOTO_POSE, 0, photo)
+    assert as_image(from_photo).size[0] > 0
+    with pytest.raises(gr.Error, match="photo whose pose"):
+        app.generate(TRAINING, 1, 0, None, "0", None, PHOTO_POSE, 0, None)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 128), (0, 0, 0)).save(blank)
+    with pytest.raises(gr.Error, match="no person"):
+        app.generate(TRAINING, 1, 0, None, "0", None, PHOTO_POSE, 0, str(blank))
+
+
 def test_parse_seeds():
     assert common.parse_seeds("0-3, 7") == [0, 1, 2, 3, 7]
     assert common.parse_seeds(5) == [5]
