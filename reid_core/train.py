@@ -316,7 +316,7 @@ def train_img2id(images, labels, generator, prior, preset: Preset, out: Path, de
 
 @torch.no_grad()
 def _inverted_noise(generator, images, labels, table, preset, out, device, progress, batch=256):
-    path = out / "checkpoints" / "inverted_noise.npy"
+    path = out / "checkpoints" / f"inverted_noise_{len(images)}.npy"  # per subset size: never a stale one
     if path.exists():
         return torch.from_numpy(np.load(path, allow_pickle=False))
     zs = []
@@ -326,7 +326,7 @@ def _inverted_noise(generator, images, labels, table, preset, out, device, progr
             zs.append(ddim_invert(generator, x, table[labels[i:i + batch].to(device)],
                                   preset.sample_steps).float().cpu())
     z = torch.cat(zs)
-    tmp = path.with_name(f".inverted_noise.tmp{os.getpid()}.npy")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
     np.save(tmp, z.numpy())
     os.replace(tmp, path)
     return z
@@ -548,7 +548,7 @@ def train_baseline_stage(images_u8: np.ndarray, labels: np.ndarray, preset: Pres
 # ---------------------------------------------------------------- driver
 
 _SCHEDULE_FIELDS = ("_steps", "checkpoint_every")
-DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise.npy")
+DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npy")
 
 
 def check_resumable(saved: Preset, asked: Preset, where) -> None:
@@ -585,8 +585,9 @@ def train(data: str | os.PathLike, preset: Preset, out: str | os.PathLike,
 
     gen = prior = None
     if "generator" in stages and not (resume and _done(out, "generator")):
-        for derived in DERIVED_FROM_GENERATOR:  # made by an older generator: stale now
-            (out / "checkpoints" / derived).unlink(missing_ok=True)
+        for pattern in DERIVED_FROM_GENERATOR:  # made by an older generator: stale now
+            for f in (out / "checkpoints").glob(pattern):
+                f.unlink()
         gen = train_generator(images, labels, len(uniq), preset, out, device, resume, progress)
 
     def need_gen():
