@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -107,9 +108,15 @@ class ReIDEngine:
     def __init__(self, preset: Preset, generator: IdentityUNet, prior: IdentityPrior,
                  img2id: IdentityEncoder, img2noise: IdentityUNet, identity_pids: Sequence[int],
                  device: str = "cpu", baseline=None, pose_generator: IdentityUNet | None = None,
-                 pose_encoder: PoseEncoder | None = None, pose_library: list | None = None):
+                 pose_encoder: PoseEncoder | None = None, pose_library: list | None = None,
+                 precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError("precision must be 'fp32' or 'bf16'")
         self.preset = preset
         self.device = device
+        # bf16 autocast for sampling: ~1.5x faster on CPUs with AVX512-BF16, pixels move by a
+        # few grey levels; fp32 (the default) is exact and comparable across machines
+        self.precision = precision
         self.generator = generator.to(device).eval()
         self.prior = prior.to(device).eval()
         self.img2id = img2id.to(device).eval()
@@ -128,7 +135,7 @@ class ReIDEngine:
     # ------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike = "weights", device: str | None = None,
-                        load_baseline: bool = True) -> "ReIDEngine":
+                        load_baseline: bool = True, precision: str | None = None) -> "ReIDEngine":
         root = resolve_weights(path_or_repo)
         missing = [c for c in COMPONENTS if not (root / c / "config.json").exists()]
         if not (root / "preset.json").exists():
@@ -156,9 +163,16 @@ class ReIDEngine:
             pose_enc = PoseEncoder.from_pretrained(root / "pose_encoder", **load)
         lib_file = root / "pose_library.json"
         library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
-        return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library)
+        precision = precision or os.environ.get("REID_PRECISION", "fp32")
+        return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library,
+                   precision)
 
     # ------------------------------------------------------------ helpers
+    def _sampling_precision(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+        return nullcontext()
+
     @property
     def image_size(self) -> tuple[int, int]:
         return tuple(self.preset.image_size)
@@ -236,8 +250,9 @@ class ReIDEngine:
         else:
             feats = self._pose_features(self.resolve_pose(pose)).expand(len(ids), -1, -1, -1)
             net, extra_fn = self.pose_generator, (lambda: feats)
-        x = ddim_sample(net, torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device),
-                        steps, extra_features_fn=extra_fn)
+        with self._sampling_precision():
+            x = ddim_sample(net, torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device),
+                            steps, extra_features_fn=extra_fn)
         return [Image.fromarray(a) for a in to_uint8(x)]
 
     # ------------------------------------------------------------ poses
@@ -353,7 +368,8 @@ class ReIDEngine:
             z = ddim_invert(self.generator, x, ident, self.preset.sample_steps)
         else:
             raise ValueError("method must be 'img2noise' or 'ddim'")
-        rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
+        with self._sampling_precision():
+            rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
         return Inversion(ident[0].cpu().numpy(), z[0].cpu().numpy(), Image.fromarray(arr),
                          Image.fromarray(rec), psnr(arr, rec))
 
@@ -374,7 +390,8 @@ class ReIDEngine:
                 z = ddim_invert(self.generator, x, ident, self.preset.sample_steps)
             else:
                 raise ValueError("method must be 'img2noise' or 'ddim'")
-            recs.append(to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps)))
+            with self._sampling_precision():
+                recs.append(to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps)))
             ids.append(ident.cpu().numpy())
             zs.append(z.cpu().numpy())
         return np.concatenate(recs), np.concatenate(ids), np.concatenate(zs)

@@ -142,3 +142,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_market, tmp
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_bf16_sampling_stays_close_to_fp32(tiny_weights, engine):
+    fast = ReIDEngine.from_pretrained(tiny_weights, device="cpu", precision="bf16")
+    a = np.asarray(engine.generate(3, seed=2)[0]).astype(int)
+    b = np.asarray(fast.generate(3, seed=2)[0]).astype(int)
+    assert np.abs(a - b).mean() < 4  # grey levels out of 255
+    np.testing.assert_array_equal(engine.embed([Image.fromarray(a.astype(np.uint8))]),
+                                  fast.embed([Image.fromarray(a.astype(np.uint8))]))  # retrieval stays fp32
+    with pytest.raises(ValueError, match="precision"):
+        ReIDEngine.from_pretrained(tiny_weights, device="cpu", precision="fp8")
