@@ -139,7 +139,15 @@ def tab_generate(engine, scale):
         source, index, prior_seed, photo = identity_controls(engine, "gen")
         seeds = st.text_input("Noise seeds (e.g. 0-7 or 1, 5, 9; at most 16)", "0-3", key="gen-seeds")
         steps = st.slider("DDIM steps", 1, 50, int(engine.preset.sample_steps), key="gen-steps")
-        # POSE: the pose option goes here (and is passed to engine.generate below)
+        pose = None
+        if engine.has_pose_model and engine.pose_library():
+            n = len(engine.pose_library())
+            choice = st.selectbox("Pose", ["none (in the noise)"] + [f"library pose {k}" for k in range(n)],
+                                  key="gen-pose")
+            if choice.startswith("library"):
+                pose = int(choice.rsplit(" ", 1)[1])
+                h, w = engine.image_size
+                show_images(st, engine.render_pose(pose, (2 * h, 2 * w)), "skeleton", scale=1)
         go = st.button("Generate", type="primary", key="gen-btn")
     with right:
         if go or "gen-result" not in st.session_state:
@@ -150,7 +158,7 @@ def tab_generate(engine, scale):
                 else:  # the first visit shows a result
                     vector, what = engine.identity_table[0], "training identity #0"
                     seed_list, steps = [0, 1, 2, 3], engine.preset.sample_steps
-                images = engine.generate(vector, seed=seed_list, steps=int(steps))
+                images = engine.generate(vector, seed=seed_list, steps=int(steps), pose=pose if go else None)
                 st.session_state["gen-result"] = (grid(images, cols=min(8, len(images)), scale=1, pad=1),
                                                   f"{len(images)} image(s) of {what}, seeds "
                                                   f"{', '.join(map(str, seed_list))}")

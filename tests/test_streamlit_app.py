@@ -64,6 +64,15 @@ def test_generate_and_invert(at, synthetic_market):
     assert not at.error
 
 
+def test_generate_in_a_library_pose(at):
+    at.selectbox(key="gen-pose").set_value("library pose 0")
+    _ok(at.run())
+    assert any("skeleton" in m.value for m in at.markdown)
+    before = len(_pictures(at))
+    _ok(at.button(key="gen-btn").click().run())
+    assert not at.error and len(_pictures(at)) >= before
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("notes.jpg", b"not a picture at all", "not an image"),
     ("tiny.png", None, "too small"),
