@@ -30,6 +30,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from tqdm.auto import tqdm
 
+from .io import atomic_torch_save
+
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -354,15 +356,6 @@ def _check_data(images_u8: np.ndarray, labels: np.ndarray | None = None) -> None
         raise ValueError(f"labels shape {labels.shape} does not match {len(images_u8)} images")
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _plain(value):
     """Config values as plain python (tuples -> lists) so checkpoints load with weights_only."""
     if isinstance(value, dict):
@@ -444,7 +437,7 @@ def train_baseline(images_u8: np.ndarray, labels: np.ndarray, model_cfg: dict,
         start = int(ckpt["step"])
 
     def save_checkpoint(step: int) -> None:
-        _atomic_torch_save({
+        atomic_torch_save({
             "step": step,
             "model": model.state_dict(),
             "opt": opt.state_dict(),

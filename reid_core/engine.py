@@ -350,6 +350,14 @@ class ReIDEngine:
             out.append(self.img2id(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.preset.id_dim), np.float32)
 
+    def _noise_of(self, x: torch.Tensor, ident: torch.Tensor, method: str) -> torch.Tensor:
+        """The noise of images x (B, 3, H, W) under identities (B, id_dim): Img2Noise or DDIM inversion."""
+        if method == "img2noise":
+            return self.img2noise(x).float()
+        if method == "ddim":
+            return ddim_invert(self.generator, x, ident, self.preset.sample_steps)
+        raise ValueError("method must be 'img2noise' or 'ddim'")
+
     @torch.inference_mode()
     def invert(self, image, method: str = "img2noise", identity=None) -> Inversion:
         """Image -> (identity, noise) with GEN(noise, identity) ~ image.
@@ -362,12 +370,7 @@ class ReIDEngine:
         x = to_tensor(arr[None]).to(self.device)
         ident = torch.from_numpy(self.resolve_identity(identity)).to(self.device) if identity is not None \
             else self.img2id(x).float()
-        if method == "img2noise":
-            z = self.img2noise(x).float()
-        elif method == "ddim":
-            z = ddim_invert(self.generator, x, ident, self.preset.sample_steps)
-        else:
-            raise ValueError("method must be 'img2noise' or 'ddim'")
+        z = self._noise_of(x, ident, method)
         with self._sampling_precision():
             rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
         return Inversion(ident[0].cpu().numpy(), z[0].cpu().numpy(), Image.fromarray(arr),
@@ -384,12 +387,7 @@ class ReIDEngine:
         for i in range(0, len(images_u8), batch_size):
             x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
             ident = self.img2id(x).float()
-            if method == "img2noise":
-                z = self.img2noise(x).float()
-            elif method == "ddim":
-                z = ddim_invert(self.generator, x, ident, self.preset.sample_steps)
-            else:
-                raise ValueError("method must be 'img2noise' or 'ddim'")
+            z = self._noise_of(x, ident, method)
             with self._sampling_precision():
                 recs.append(to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps)))
             ids.append(ident.cpu().numpy())

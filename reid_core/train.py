@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .config import PRESETS, Preset, get_preset
 from .data import load_split, relabel, to_tensor
 from .diffusion import ddim_invert, ddim_sample, sample_prior
+from .io import atomic_torch_save
 from .models import IdentityEncoder, IdentityPrior, IdentityUNet
 from .schedule import NUM_TRAIN_TIMESTEPS, make_scheduler, noise_variance
 
@@ -42,16 +43,6 @@ def default_device() -> str:
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + _STAGE_SALT[stage] * 100_003 + step)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path):
