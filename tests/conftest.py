@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,22 @@ def shared_data() -> Path:
         pytest.skip(f"real data not found at {SHARED_DATA} (the ../shared folder beside the project); "
                     "integration tests on cuhk03-pair1 need it")
     return SHARED_DATA
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, synthetic_market):
+    """The Gradio app on the tiny weights, served on 127.0.0.1; yields its URL."""
+    from app.gradio_app import build_demo, serve
+    from reid_core.engine import ReIDEngine
+    engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+    demo = build_demo(engine, gallery=str(synthetic_market))
+    serve(demo, port=(port := free_port()), block=False)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

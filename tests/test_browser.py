@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -45,22 +44,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_weights, synthetic_market):
-    from app.gradio_app import build_demo, serve
-    from reid_core.engine import ReIDEngine
-    engine = ReIDEngine.from_pretrained(tiny_weights)
-    demo = build_demo(engine, gallery=str(synthetic_market))
-    port = _free_port()
-    serve(demo, port=port, block=False)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
 
 
 @pytest.fixture(scope="module")

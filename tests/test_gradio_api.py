@@ -1,8 +1,9 @@
 """The Gradio app as a server on 127.0.0.1, driven through its API with gradio_client."""
 from __future__ import annotations
 
+from conftest import free_port
+
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5.0) -> int:
@@ -27,16 +24,6 @@ def _get(url: str, timeout: float = 5.0) -> int:
         return r.status
 
 
-@pytest.fixture(scope="module")
-def server(tiny_weights, synthetic_market):
-    from app.gradio_app import build_demo, serve
-    from reid_core.engine import ReIDEngine
-    engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
-    demo = build_demo(engine, gallery=str(synthetic_market))
-    port = _free_port()
-    serve(demo, port=port, block=False)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +137,10 @@ def test_cli_starts_and_serves(tiny_weights):
     """`python -m app` as a subprocess: serves the page, and a missing weights folder is a plain error."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     bad = subprocess.run([sys.executable, "-m", "app", "--weights", str(ROOT / "no-such-weights"),
-                          "--port", str(_free_port())], cwd=ROOT, env=env, capture_output=True, text=True,
+                          "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "app", "--weights", str(tiny_weights), "--port", str(port),
                              "--no-warm-up"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
