@@ -275,3 +275,18 @@ def test_weights_and_gallery_resolution(monkeypatch, tmp_path):
     assert common.weights_arg(None) == "someone/some-repo"
     assert common.weights_arg("x") == "x"
     assert common.gallery_choices(str(tmp_path))[0] == str(tmp_path.resolve())
+
+
+def test_warm_portraits_spare_reidentify_the_generator(engine, synthetic_market, photo, monkeypatch):
+    from app.gradio_app import ReIDApp
+    fresh = ReIDApp(engine, str(synthetic_market))
+    fresh.warm_portraits()
+    assert len(fresh._portraits) >= engine.num_identities
+    calls = []
+    original = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ids, _, _ = fresh.reidentify(photo, 5)
+    assert len(ids) == 5 and not calls
+    again = ReIDApp(engine, str(synthetic_market))
+    again.warm_portraits()  # from the on-disk cache this time
+    assert not calls
