@@ -164,6 +164,7 @@ class ReIDApp:
         self._gallery_xy: tuple | None = None
         self._portraits: OrderedDict = OrderedDict()   # (identity index, seed) -> model-size image
         self._portrait_lock = threading.Lock()
+        self.warm_done = threading.Event()  # set when the launch-time background work has finished
         self.range = common.slider_range(engine)
         self.id_dim = engine.preset.id_dim
         self.scale = common.display_scale(engine)
@@ -387,6 +388,12 @@ class ReIDApp:
     def warm_up(self) -> None:
         """Background work at launch, one thing after another (the CPU is small): index the
         --gallery folder, fit the identity map, compute the sliders' default sensitivity."""
+        try:
+            self._warm_up_steps()
+        finally:
+            self.warm_done.set()
+
+    def _warm_up_steps(self) -> None:
         self.index_startup_gallery()
         for step in (self.warm_portraits, lambda: IdentityMap.get(self.engine),
                      lambda: dimension_sensitivity(self.engine, np.asarray(self._clip(self.engine.identity_table[0]),
@@ -558,6 +565,12 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
 
     with gr.Blocks(title=TITLE, fill_width=False, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         demo.reid_app = app  # for launch() and tests
+
+        def warm_status() -> bool:
+            """True once the launch-time background work (gallery, portraits, map) is done."""
+            return app.warm_done.is_set()
+
+        gr.api(warm_status, api_name="warm_status")
         gr.Markdown(f"# {TITLE}\nAn identity is the {engine.preset.id_dim}-d conditioning vector of a diffusion "
                     f"generator (Asperti et al. 2024). Weights: preset `{engine.preset.name}`, {h}x{w} images, "
                     f"{engine.num_identities} training identities.", elem_id="title-row")

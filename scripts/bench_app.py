@@ -243,6 +243,10 @@ def main(argv=None) -> int:
         values = c.predict("Training identity", 0, 0, None, 0, api_name="/latent_load")[:32]
         c.predict(0, *values, api_name="/latent_sensitivity")
         warm["default_sensitivity_ready_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        while not c.predict(api_name="/warm_status") and time.perf_counter() - t < 300:
+            time.sleep(1.0)  # the server's own warm-up (portraits, ...) must not overlap the timings
+        warm["server_warm_up_done_s"] = round(time.perf_counter() - t, 3)
         result["warm_up"] = warm
         print(f"warm-up: {warm}")
 

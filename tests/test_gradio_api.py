@@ -159,3 +159,11 @@ def test_cli_starts_and_serves(tiny_weights):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_warm_status_turns_true(client):
+    import time
+    deadline = time.time() + 240
+    while not client.predict(api_name="/warm_status"):
+        assert time.time() < deadline, "the launch-time warm-up never finished"
+        time.sleep(0.5)
