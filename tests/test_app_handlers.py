@@ -290,3 +290,6 @@ def test_warm_portraits_spare_reidentify_the_generator(engine, synthetic_market,
     again = ReIDApp(engine, str(synthetic_market))
     again.warm_portraits()  # from the on-disk cache this time
     assert not calls
+    assert not again.warm_done.is_set()
+    again.warm_up()
+    assert again.warm_done.is_set()
