@@ -132,6 +132,11 @@ def identity_controls(engine, key: str, with_photo: bool = True):
     return source, index, prior_seed, photo
 
 
+def require_photo(photo) -> None:
+    if photo is None:
+        raise ValueError("Upload a photo first (or pick an example).")
+
+
 # ---------------------------------------------------------------- tabs
 def tab_generate(engine, scale):
     left, right = st.columns([1, 2])
@@ -179,8 +184,7 @@ def tab_invert(engine, scale):
     with right:
         if go:
             try:
-                if photo is None:
-                    raise ValueError("Upload a photo first (or pick an example).")
+                require_photo(photo)
                 inv = engine.invert(photo, method=method)
                 st.session_state["inv-result"] = (inv, method)
             except (ValueError, *BAD_IMAGE) as e:
@@ -305,8 +309,7 @@ def tab_reid(engine, scale, folders):
     with right:
         if go:
             try:
-                if photo is None:
-                    raise ValueError("Upload a photo first (or pick an example).")
+                require_photo(photo)
                 v = engine.embed([photo])[0]
                 ids = engine.nearest_identities(v, k=k)
                 portraits = engine.generate(engine.identity_table[[m.index for m in ids]], seed=0)

@@ -30,11 +30,7 @@ from reid_core.evaluate import evaluate  # noqa: E402
 from reid_core.models import IdentityEncoder, IdentityUNet  # noqa: E402
 from reid_core.synthetic import make_synthetic_market  # noqa: E402
 from reid_core.train import train  # noqa: E402
-
-
-def percentiles(xs) -> dict:
-    xs = np.asarray(xs) * 1000
-    return {"p50_ms": float(np.percentile(xs, 50)), "p95_ms": float(np.percentile(xs, 95))}
+from timing import timeit  # noqa: E402  (scripts/timing.py)
 
 
 def bench_tiny(tmp: Path) -> dict:
@@ -70,16 +66,7 @@ def bench_paper_speed(repeats: int = 30) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ddim_sample(gen, ident, noise, p.sample_steps)
 
-    timings = {}
-    for name, fn in (("fp32", sample_fp32), ("bf16", sample_bf16)):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        timings[name] = percentiles(times)
+    timings = {name: timeit(fn, repeats, warmup=3) for name, fn in (("fp32", sample_fp32), ("bf16", sample_bf16))}
     x = torch.rand(256, 3, *p.image_size) * 2 - 1
     enc(x)
     t = time.perf_counter()

@@ -27,24 +27,13 @@ sys.path.insert(0, str(ROOT))
 from reid_core.data import load_split, relabel  # noqa: E402
 from reid_core.engine import Gallery, ReIDEngine, psnr  # noqa: E402
 from reid_core.evaluate import evaluate  # noqa: E402
+from timing import timeit  # noqa: E402  (scripts/timing.py)
 
 TARGETS = {
     "img2id_mAP": 0.75, "img2id_rank1": 0.85, "identity_consistency": 0.80, "psnr_img2noise": 26.0,
     "generate_1_p50_ms": 150.0, "pose_found_rate": 0.85, "pose_pck02": 0.80, "pose_fidelity_pck02": 0.70,
     "pose_extract_p50_ms": 60.0, "identity_kept_gap": 0.05,
 }
-
-
-def timeit(fn, repeats: int, warmup: int = 2) -> dict:
-    for _ in range(warmup):
-        fn()
-    xs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        xs.append(time.perf_counter() - t)
-    xs = np.asarray(xs) * 1000
-    return {"p50_ms": float(np.percentile(xs, 50)), "p95_ms": float(np.percentile(xs, 95)), "n": repeats}
 
 
 def upscale(img: Image.Image, f: int = 3) -> Image.Image:
