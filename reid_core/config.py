@@ -1,8 +1,17 @@
 """Presets: plain dataclasses of values, saved as `preset.json` beside the weights.
 
-`tiny` trains end-to-end in seconds (tests); `cpu` is the best we measured to train
-in about two hours on 2 CPU cores; `paper` is the paper's 64x32 model (9.86 M
-generator parameters, as the paper's 9.8 M); `hires` is 128x64 with one more level.
+Two recipes train the same components:
+
+* ``joint`` (the default, `cpu` preset): Img2ID (MobileNetV2 from ImageNet, 128x64
+  crops) learns the identity table as its class prototypes; then the generator
+  (FiLM-conditioned U-Net, 64x32) trains on DCAC's condition c = softmax(logits/tau) . table,
+  its loss flowing back into the table and Img2ID's head (`reid_core.training.joint`).
+* ``paper`` (Asperti et al.): the generator learns the table from random rows, then
+  Img2ID regresses it (`reid_core.training.generator`, `.img2id`).
+
+`tiny` trains every stage in seconds (tests); `paper_cpu` is the paper's recipe at the
+`cpu` preset's sizes and minutes (the ablation row); `paper` is the paper's 64x32 model
+(9.86 M generator parameters) for a GPU.
 """
 from __future__ import annotations
 
@@ -11,23 +20,38 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+RECIPES = ("joint", "paper")
+
 
 @dataclass
 class Preset:
     name: str = "paper"
-    image_size: tuple[int, int] = (64, 32)          # (H, W)
+    recipe: str = "paper"                            # "joint" or "paper", see above
+    image_size: tuple[int, int] = (64, 32)          # (H, W) of the generator
     id_dim: int = 32
     seed: int = 0
     sample_steps: int = 10                           # DDIM steps of the generator
+    guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
     # generator (paper: channels [48, 96, 192, 384], 2 blocks per level, L1 on noise)
     channels: tuple[int, ...] = (48, 96, 192, 384)
     layers_per_block: int = 2
+    conditioning: str = "concat"                     # "concat" (paper) or "film" (every block)
+    cond_dim: int = 128                              # FiLM embedding width
     gen_steps: int = 200_000
     gen_batch: int = 16
+    gen_K: int = 0                                   # images per identity in a batch (0: uniform draws)
     gen_lr: float = 1e-4
     gen_warmup: int = 500
+    gen_loss: str = "l1"                             # "l1" (paper) or "mse" on the predicted noise
+    identity_dropout: float = 0.0                    # share of samples trained with the null identity (CFG)
+    table_lr: float = 0.0                            # identity table's own Adam rate (0: gen_lr, as the paper)
+    table_init_std: float = 0.0                      # N(0, std^2) rows (0: the paper's uniform +-0.05)
     emb_pull: float = 0.5                            # weight of mean(emb^2): the weak pull to the origin
     ema_decay: float = 0.999
+    # joint recipe (DCAC): the generator's condition and what flows back
+    dcac_tau: float = 0.6                            # c = softmax(logits / tau) . table
+    cond_from_image: float = 0.5                     # share of samples conditioned on Img2ID(x) itself
+    joint_head_lr: float = 1e-4                      # Img2ID head (and the table) during the generator phase
     # identity prior (3 dense layers of 512, 50 sampling steps)
     prior_hidden: int = 512
     prior_layers: int = 3
@@ -36,15 +60,20 @@ class Preset:
     prior_lr: float = 1e-3
     prior_sample_steps: int = 50
     # Img2ID
+    img2id_backbone: str = "unet"                    # "unet" (paper) or "mobilenetv2" (ImageNet start)
+    img2id_size: tuple[int, int] = (64, 32)          # its input; may be the stored 128x64 crops
     enc_channels: tuple[int, ...] = (48, 96, 192, 384)
     enc_layers_per_block: int = 2
     img2id_steps: int = 30_000
-    img2id_batch: int = 64
+    img2id_batch: int = 64                           # P x K with K = 4
     img2id_lr: float = 3e-4
-    synth_images: int = 8192                         # generated images (prior identities) in the bank
-    synth_fraction: float = 0.25                     # share of each Img2ID batch taken from the bank
-    proto_weight: float = 1.0                        # prototype cross-entropy on real images
-    proto_temperature: float = 0.1                   # relative to the table's mean squared row distance
+    img2id_weight_decay: float = 5e-4
+    img2id_erase: float = 0.5                        # random-erasing probability
+    proto_scale: float = 20.0                        # cosine-logit scale of the prototype CE
+    triplet_margin: float = 0.3
+    synth_images: int = 8192                         # paper recipe: generated images (prior identities) in the bank
+    synth_fraction: float = 0.25                     # paper recipe: share of each Img2ID batch from the bank
+    proto_weight: float = 1.0                        # paper recipe: prototype CE beside the regression
     # Img2Noise
     noise_channels: tuple[int, ...] = (48, 96, 192, 384)
     noise_layers_per_block: int = 2
@@ -61,16 +90,31 @@ class Preset:
     pose_dropout: float = 0.15                       # share of batches' samples trained without a pose
     pose_render_scale: int = 2                       # skeletons drawn at this multiple of the image size
     pose_library_size: int = 8
-    # conventional baseline (BoT-style), trained on the same images
+    # conventional baseline (BoT-style), trained on the same images; the judge of generated identities
     baseline_widths: tuple[int, ...] = (32, 64, 128, 256)
     baseline_steps: int = 8_000
+    baseline_lr: float = 3.5e-4
+    baseline_pad: int = 4                            # pad-and-crop pixels
+    baseline_erase: float = 0.0
     checkpoint_every: int = 500
+    snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.recipe == "joint" and self.conditioning != "film":
+            raise ValueError("the joint recipe conditions by FiLM (its condition is a mixture of rows)")
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.conditioning == "film" and self.identity_dropout > 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     def save(self, path) -> None:
-        Path(path).write_text(self.to_json())
+        from .io import atomic_write_text
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preset":
@@ -85,29 +129,41 @@ class Preset:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+_TINY = dict(
+    image_size=(16, 8), channels=(8, 16), layers_per_block=1, cond_dim=16,
+    gen_steps=120, gen_batch=32, gen_lr=2e-3, gen_warmup=10, ema_decay=0.9,
+    prior_hidden=32, prior_layers=2, prior_steps=100, prior_batch=64, prior_lr=3e-3,
+    prior_sample_steps=10, img2id_size=(16, 8), enc_channels=(8, 16), enc_layers_per_block=1,
+    img2id_steps=80, img2id_batch=32, img2id_lr=3e-3, synth_images=64,
+    noise_channels=(8, 16), noise_layers_per_block=1, img2noise_steps=40,
+    img2noise_batch=16, img2noise_lr=3e-3, img2noise_recon_every=4,
+    pose_steps=40, pose_batch=16, pose_lr=2e-3,
+    baseline_widths=(8, 16), baseline_steps=40, baseline_lr=1e-2, baseline_pad=1, checkpoint_every=50)
+
+# What the 2-core CPU trains in its budget (docs/BENCHMARKS.md: the ablation and the curve).
+_CPU = dict(
+    channels=(32, 64, 128, 256), layers_per_block=1, ema_decay=0.995,
+    prior_steps=4_000, noise_channels=(32, 64, 128), noise_layers_per_block=1, img2noise_steps=1_000,
+    img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0, img2noise_real_images=1024,
+    pose_steps=800, pose_batch=32, pose_lr=3e-4,
+    baseline_steps=4_700, checkpoint_every=100)
+
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        name="tiny", image_size=(16, 8), channels=(8, 16), layers_per_block=1,
-        gen_steps=120, gen_batch=32, gen_lr=2e-3, gen_warmup=10, ema_decay=0.9,
-        prior_hidden=32, prior_layers=2, prior_steps=100, prior_batch=64, prior_lr=3e-3,
-        prior_sample_steps=10, enc_channels=(8, 16), enc_layers_per_block=1,
-        img2id_steps=80, img2id_batch=32, img2id_lr=3e-3, synth_images=64,
-        noise_channels=(8, 16), noise_layers_per_block=1, img2noise_steps=40,
-        img2noise_batch=16, img2noise_lr=3e-3, img2noise_recon_every=4,
-        pose_steps=40, pose_batch=16, pose_lr=2e-3,
-        baseline_widths=(8, 16), baseline_steps=40, checkpoint_every=50),
+    "tiny": Preset(name="tiny", recipe="joint", conditioning="film", gen_K=4, identity_dropout=0.1,
+                   table_lr=1e-2, joint_head_lr=1e-3, img2id_erase=0.0, **_TINY),
+    "tiny_paper": Preset(name="tiny_paper", **_TINY),
     "cpu": Preset(
-        name="cpu", channels=(32, 64, 128, 256), layers_per_block=1,
-        gen_steps=4_000, gen_batch=32, gen_lr=5e-4, gen_warmup=200, ema_decay=0.998,
-        prior_steps=4_000, enc_channels=(32, 64, 128, 256), enc_layers_per_block=1,
-        img2id_steps=2_500, img2id_batch=64, img2id_lr=5e-4, synth_images=2048,
-        noise_channels=(32, 64, 128), noise_layers_per_block=1, img2noise_steps=1_000,
-        img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0, img2noise_real_images=1024,
-        pose_steps=800, pose_batch=32, pose_lr=3e-4,
-        baseline_steps=2_000, checkpoint_every=250),
+        name="cpu", recipe="joint", conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
+        gen_lr=1e-3, gen_warmup=100, identity_dropout=0.1, guidance_scale=1.0, table_lr=1e-3,
+        img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
+        **_CPU),
+    "paper_cpu": Preset(
+        name="paper_cpu", gen_steps=3_000, gen_batch=32, gen_lr=5e-4, gen_warmup=200,
+        img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
+        synth_images=2048, **_CPU),
     "paper": Preset(name="paper"),
     "hires": Preset(
-        name="hires", image_size=(128, 64), channels=(48, 96, 192, 384, 384),
+        name="hires", image_size=(128, 64), img2id_size=(128, 64), channels=(48, 96, 192, 384, 384),
         enc_channels=(48, 96, 192, 384, 384), noise_channels=(48, 96, 192, 384, 384)),
 }
 

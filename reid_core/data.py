@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .io import atomic_savez, cache_dir
+
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 _NAME = re.compile(r"^([-\d]+)_c(\d+)")
@@ -160,10 +162,6 @@ def decode_images(paths, size: tuple[int, int], progress: bool = True) -> np.nda
     return out
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("REID_CACHE", Path.home() / ".cache" / "reid-studio"))
-
-
 @dataclass
 class Split:
     """One decoded split: images uint8 (N, H, W, 3), pids/camids int64 (N,), paths."""
@@ -191,10 +189,7 @@ def load_split(root, split: str, size: tuple[int, int], progress: bool = True,
             return Split(z["images"], pids, camids, paths)
     images = decode_images(paths, size, progress)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, images=images)
-        os.replace(tmp, path)
+        atomic_savez(path, images=images)
     return Split(images, pids, camids, paths)
 
 
@@ -216,3 +211,25 @@ def to_tensor(images_u8: np.ndarray):
 def to_uint8(x) -> np.ndarray:
     """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def validation_split(pids: np.ndarray, camids: np.ndarray, num_ids: int = 100, seed: int = 0):
+    """Hold out `num_ids` TRAINING identities to choose things on (never the test split).
+
+    Returns index arrays (train, query, gallery) into the training split: the held-out
+    identities give one query per camera (their first image there) and the rest as
+    gallery, as the test split is built; the others stay for training.
+    """
+    uniq = np.unique(pids)
+    if not 0 < num_ids < len(uniq):
+        raise ValueError(f"num_ids must lie in 1..{len(uniq) - 1}")
+    held = np.random.default_rng(seed).choice(uniq, num_ids, replace=False)
+    is_held = np.isin(pids, held)
+    query, seen = [], set()
+    for i in np.flatnonzero(is_held):
+        if (pids[i], camids[i]) not in seen:
+            seen.add((pids[i], camids[i]))
+            query.append(i)
+    query = np.array(query, dtype=np.int64)
+    gallery = np.setdiff1d(np.flatnonzero(is_held), query)
+    return np.flatnonzero(~is_held), query, gallery

@@ -11,8 +11,23 @@ import torch
 from .schedule import make_inverse_scheduler, make_scheduler, noise_variance
 
 
+def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor, guidance_scale: float = 1.0,
+               extra_features: torch.Tensor | None = None) -> torch.Tensor:
+    """The noise prediction, with classifier-free guidance (Ho & Salimans 2022) when the
+    scale is not 1: eps = eps(null) + w * (eps(identity) - eps(null)), one batched pass."""
+    if guidance_scale == 1.0:
+        return unet(x, var, identity, extra_features=extra_features)
+    b = x.shape[0]
+    drop = torch.arange(2 * b, device=x.device) >= b
+    extra = None if extra_features is None else torch.cat([extra_features, extra_features])
+    eps = unet(torch.cat([x, x]), torch.cat([var, var]), torch.cat([identity, identity]),
+               extra_features=extra, drop_identity=drop)
+    cond, uncond = eps[:b], eps[b:]
+    return uncond + guidance_scale * (cond - uncond)
+
+
 def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 10,
-                extra_features_fn=None, grad: bool = False) -> torch.Tensor:
+                extra_features_fn=None, grad: bool = False, guidance_scale: float = 1.0) -> torch.Tensor:
     """GEN(identity, noise): deterministic DDIM (eta = 0) from pure noise to an image.
 
     `grad=True` keeps the graph, so a loss on the output reaches `noise` (Img2Noise
@@ -26,7 +41,7 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
         for t in sched.timesteps:
             var = noise_variance(sched, t.expand(b))
             extra = extra_features_fn() if extra_features_fn is not None else None
-            eps = unet(x, var, identity, extra_features=extra)
+            eps = guided_eps(unet, x, var, identity, guidance_scale, extra)
             x = sched.step(eps, t, x).prev_sample
     return x.clamp(-1.0, 1.0)
 

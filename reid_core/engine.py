@@ -24,14 +24,15 @@ import torch
 from PIL import Image
 
 from .config import Preset
-from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, ImageError, cache_dir, load_image,
-                   parse_market_name, to_array, to_tensor, to_uint8, DatasetError)
+from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load_image, parse_market_name,
+                   to_array, to_tensor, to_uint8)
 from .diffusion import ddim_invert, ddim_sample, sample_prior
+from .io import atomic_savez, cache_dir
 from .metrics import pairwise_distance
-from .models import IdentityEncoder, IdentityPrior, IdentityUNet, PoseEncoder
+from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder
+from .weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_component, load_component, missing
 
 ProgressFn = Callable[[float, str], None]
-COMPONENTS = ("generator", "prior", "img2id", "img2noise")
 
 
 class PoseNotFound(ValueError):
@@ -106,7 +107,7 @@ class ReIDEngine:
     """Hosts the generator, identity prior, Img2ID and Img2Noise of one trained preset."""
 
     def __init__(self, preset: Preset, generator: IdentityUNet, prior: IdentityPrior,
-                 img2id: IdentityEncoder, img2noise: IdentityUNet, identity_pids: Sequence[int],
+                 img2id: IdentityEncoder, img2noise: NoiseEncoder, identity_pids: Sequence[int],
                  device: str = "cpu", baseline=None, pose_generator: IdentityUNet | None = None,
                  pose_encoder: PoseEncoder | None = None, pose_library: list | None = None,
                  precision: str = "fp32"):
@@ -128,7 +129,10 @@ class ReIDEngine:
         self._pose_extractor = None
         self._pose_lock = threading.Lock()
         self.identity_pids = np.asarray(identity_pids, dtype=np.int64)
-        self.identity_table = generator.identity_embedding.weight.detach().float().cpu().numpy()
+        # the rows as the generator reads them: training identity k is identity_table[k]
+        self.identity_table = generator.identity_rows().detach().float().cpu().numpy()
+        # classifier-free guidance only where the generator learned a null identity
+        self.guidance_scale = float(preset.guidance_scale) if generator.supports_guidance else 1.0
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
 
@@ -137,31 +141,21 @@ class ReIDEngine:
     def from_pretrained(cls, path_or_repo: str | os.PathLike = "weights", device: str | None = None,
                         load_baseline: bool = True, precision: str | None = None) -> "ReIDEngine":
         root = resolve_weights(path_or_repo)
-        missing = [c for c in COMPONENTS if not (root / c / "config.json").exists()]
-        if not (root / "preset.json").exists():
-            missing.insert(0, "preset.json")
-        if missing:
-            raise WeightsError(f"{root} is not a complete weights folder: missing {', '.join(missing)} "
-                               f"(train one with: python -m reid_core.train --data DIR --out {root})")
+        lacking = missing(root)
+        if lacking:
+            raise WeightsError(f"{root.name or root} is not a complete weights folder: missing {', '.join(lacking)} "
+                               f"(train one with: python -m reid_core.training --data DIR --out {root.name or root})")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        preset = Preset.load(root / "preset.json")
-        load = dict(torch_dtype=torch.float32, low_cpu_mem_usage=False)
-        gen = IdentityUNet.from_pretrained(root / "generator", **load)
-        prior = IdentityPrior.from_pretrained(root / "prior", **load)
-        img2id = IdentityEncoder.from_pretrained(root / "img2id", **load)
-        img2noise = IdentityUNet.from_pretrained(root / "img2noise", **load)
-        ids_file = root / "identities.json"
+        preset = Preset.load(root / PRESET_FILE)
+        gen, prior, img2id, img2noise = (load_component(root, c) for c in ("generator", "prior", "img2id", "img2noise"))
+        ids_file = root / IDENTITIES_FILE
         pids = json.loads(ids_file.read_text())["pids"] if ids_file.exists() else \
             list(range(gen.config.num_identities))
-        baseline = None
-        if load_baseline and (root / "baseline" / "config.json").exists():
-            from .baseline import BaselineNet
-            baseline = BaselineNet.from_pretrained(root / "baseline", **load)
+        baseline = load_component(root, "baseline") if load_baseline and has_component(root, "baseline") else None
         pose_gen = pose_enc = None
-        if (root / "pose_generator" / "config.json").exists() and (root / "pose_encoder" / "config.json").exists():
-            pose_gen = IdentityUNet.from_pretrained(root / "pose_generator", **load)
-            pose_enc = PoseEncoder.from_pretrained(root / "pose_encoder", **load)
-        lib_file = root / "pose_library.json"
+        if has_component(root, "pose_generator") and has_component(root, "pose_encoder"):
+            pose_gen, pose_enc = load_component(root, "pose_generator"), load_component(root, "pose_encoder")
+        lib_file = root / POSE_LIBRARY_FILE
         library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
         precision = precision or os.environ.get("REID_PRECISION", "fp32")
         return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library,
@@ -181,12 +175,18 @@ class ReIDEngine:
     def num_identities(self) -> int:
         return len(self.identity_table)
 
-    def prepare(self, image) -> np.ndarray:
-        """Any image (path, bytes, PIL, array; any size/mode) -> uint8 (H, W, 3) at model size."""
-        return to_array(load_image(image), self.image_size)
+    @property
+    def embed_size(self) -> tuple[int, int]:
+        """(H, W) Img2ID reads: may be larger than the generator's (the stored 128x64 crops)."""
+        return tuple(self.img2id.config.sample_size)
+
+    def prepare(self, image, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Any image (path, bytes, PIL, array; any size/mode) -> uint8 (H, W, 3) at `size`
+        (default: the generator's)."""
+        return to_array(load_image(image), size or self.image_size)
 
     def _batch(self, images: Iterable) -> torch.Tensor:
-        arrs = [self.prepare(im) for im in images]
+        arrs = [self.prepare(im, self.embed_size) for im in images]
         if not arrs:
             raise ImageError("no images given")
         return to_tensor(np.stack(arrs)).to(self.device)
@@ -252,7 +252,7 @@ class ReIDEngine:
             net, extra_fn = self.pose_generator, (lambda: feats)
         with self._sampling_precision():
             x = ddim_sample(net, torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device),
-                            steps, extra_features_fn=extra_fn)
+                            steps, extra_features_fn=extra_fn, guidance_scale=self.guidance_scale)
         return [Image.fromarray(a) for a in to_uint8(x)]
 
     # ------------------------------------------------------------ poses
@@ -343,7 +343,7 @@ class ReIDEngine:
 
     @torch.inference_mode()
     def embed_arrays(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Img2ID on uint8 (N, H, W, 3) arrays already at model size (benchmarks, indexing)."""
+        """Img2ID on uint8 (N, H, W, 3) arrays, best at `embed_size` (other sizes are resized)."""
         out = []
         for i in range(0, len(images_u8), batch_size):
             x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
@@ -366,10 +366,11 @@ class ReIDEngine:
         inversion with the generator (`sample_steps` passes). The identity is
         Img2ID's unless given.
         """
-        arr = self.prepare(image)
+        img = load_image(image)
+        arr = to_array(img, self.image_size)
         x = to_tensor(arr[None]).to(self.device)
         ident = torch.from_numpy(self.resolve_identity(identity)).to(self.device) if identity is not None \
-            else self.img2id(x).float()
+            else self.img2id(to_tensor(to_array(img, self.embed_size)[None]).to(self.device)).float()
         z = self._noise_of(x, ident, method)
         with self._sampling_precision():
             rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
@@ -377,16 +378,18 @@ class ReIDEngine:
                          Image.fromarray(rec), psnr(arr, rec))
 
     @torch.inference_mode()
-    def reconstruct_arrays(self, images_u8: np.ndarray, method: str = "img2noise",
-                           batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batched `invert` on uint8 (N, H, W, 3) model-size images.
+    def reconstruct_arrays(self, images_u8: np.ndarray, method: str = "img2noise", batch_size: int = 128,
+                           crops_u8: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batched `invert` on uint8 (N, H, W, 3) model-size images; Img2ID reads `crops_u8`
+        (the same images at `embed_size`) when given.
 
         Returns reconstructions uint8 (N, H, W, 3), identities (N, id_dim), noises (N, 3, H, W).
         """
         recs, ids, zs = [], [], []
+        crops_u8 = images_u8 if crops_u8 is None else crops_u8
         for i in range(0, len(images_u8), batch_size):
             x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
-            ident = self.img2id(x).float()
+            ident = self.img2id(to_tensor(crops_u8[i:i + batch_size]).to(self.device)).float()
             z = self._noise_of(x, ident, method)
             with self._sampling_precision():
                 recs.append(to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps)))
@@ -444,17 +447,14 @@ class ReIDEngine:
                 chunk = []
                 for p in files[i:i + batch]:
                     try:
-                        chunk.append(self.prepare(p))
+                        chunk.append(self.prepare(p, self.embed_size))
                     except ImageError as e:
                         raise DatasetError(f"{p}: {e}") from None
                 feats[i:i + len(chunk)] = self.embed_arrays(np.stack(chunk))
                 if progress is not None:
                     progress(min(1.0, (i + len(chunk)) / len(files)), f"indexed {i + len(chunk)}/{len(files)}")
             if use_cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-                np.savez(tmp, features=feats)
-                os.replace(tmp, path)
+                atomic_savez(path, features=feats)
         gallery = Gallery(feats, [str(p) for p in files], np.array(pids), np.array(camids))
         with self._gallery_lock:
             self.gallery = gallery
@@ -486,5 +486,6 @@ class ReIDEngine:
         return [Match(gallery.paths[i], int(gallery.pids[i]), int(gallery.camids[i]), float(d[i])) for i in top]
 
     def _weights_key(self) -> str:
-        w = self.img2id.stem.weight.detach().flatten()[:64].cpu().numpy().tobytes()
+        first = next(iter(self.img2id.state_dict().values()))
+        w = first.detach().flatten()[:64].cpu().numpy().tobytes()
         return hashlib.sha1(w + self.preset.to_json().encode()).hexdigest()

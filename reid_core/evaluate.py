@@ -24,14 +24,14 @@ def features(engine, images_u8: np.ndarray, model: str) -> np.ndarray:
     if model == "baseline":
         if engine.baseline is None:
             raise ValueError("these weights hold no baseline model (train it with --stages baseline)")
-        from .baseline import embed_images
-        return embed_images(engine.baseline, images_u8, device=engine.device)
+        from .models.baseline_net import embed_images
+        return embed_images(engine.baseline, images_u8, device=engine.device, flip_average=True)
     raise ValueError(f"unknown model {model!r}")
 
 
 def evaluate(engine, data, model: str = "img2id", progress: bool = True) -> dict:
     """Rank metrics of one model on the query/gallery splits of `data`."""
-    size = engine.image_size
+    size = engine.embed_size if model == "img2id" else engine.image_size
     q = load_split(data, "query", size, progress=progress)
     g = load_split(data, "gallery", size, progress=progress)
     t0 = time.perf_counter()
@@ -64,3 +64,55 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarray:
+    """uint8 images (len(rows) * len(seeds), H, W, 3) of training identities `rows`, each under
+    noises seeded `row * 1000 + seed`, row-major."""
+    rows = np.asarray(rows)
+    ids = np.repeat(engine.identity_table[rows], len(seeds), 0)
+    noise = np.concatenate([engine.noise([int(r) * 1000 + s for s in seeds]) for r in rows])
+    out = []
+    for i in range(0, len(ids), batch):
+        out.append(np.stack([np.asarray(im) for im in engine.generate(ids[i:i + batch], noise=noise[i:i + batch],
+                                                                     pose=pose)]))
+    return np.concatenate(out)
+
+
+def pixel_spread(groups: np.ndarray) -> float:
+    """Mean per-pixel standard deviation within groups: (G, n, H, W, 3) uint8 -> float in [0, 1]."""
+    return float((groups.astype(np.float32) / 255.0).std(axis=1).mean())
+
+
+def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), progress: bool = False) -> dict:
+    """Does the generator obey identity? Generate every training identity in `rows` (default:
+    all) under len(seeds) noises and let the judge (a classifier trained on real images
+    only) name them.
+
+    Returns top-1 / top-5 accuracy, how often two noises of one identity are named alike,
+    and diversity: the mean per-pixel std across one identity's noises, relative to the
+    same figure on as many real training images of one identity.
+    """
+    from .data import load_split, relabel
+    from .models.baseline_net import classify_images
+    rows = np.arange(engine.num_identities) if rows is None else np.asarray(rows)
+    seeds = list(seeds)
+    t0 = time.perf_counter()
+    imgs = generate_rows(engine, rows, seeds)
+    pred, probs = classify_images(judge, imgs, device=engine.device, return_probs=True)
+    truth = np.repeat(rows, len(seeds))
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    named = pred.reshape(len(rows), len(seeds))
+    train = load_split(data, "train", engine.image_size, progress=progress)
+    labels, _ = relabel(train.pids)
+    n = len(seeds)
+    real_groups = [train.images[labels == k][:n] for k in rows if (labels == k).sum() >= n]
+    real_spread = pixel_spread(np.stack(real_groups)) if real_groups else float("nan")
+    gen_spread = pixel_spread(imgs.reshape(len(rows), n, *imgs.shape[1:]))
+    return {"top1": float(np.mean(pred == truth)), "top5": float(np.mean((top5 == truth[:, None]).any(1))),
+            "seed_agreement": float(np.mean(named[:, :1] == named[:, 1:])),
+            "identities": int(len(rows)), "images_per_identity": n,
+            "pixel_std_generated": gen_spread, "pixel_std_real": real_spread,
+            "diversity": gen_spread / real_spread if real_groups else float("nan"),
+            "judge_accuracy_on_real_train": float(np.mean(classify_images(judge, train.images) == labels)),
+            "guidance_scale": engine.guidance_scale, "seconds": time.perf_counter() - t0}

@@ -29,7 +29,7 @@ from reid_core.engine import ReIDEngine  # noqa: E402
 from reid_core.evaluate import evaluate  # noqa: E402
 from reid_core.models import IdentityEncoder, IdentityUNet  # noqa: E402
 from reid_core.synthetic import make_synthetic_market  # noqa: E402
-from reid_core.train import train  # noqa: E402
+from reid_core.training import train  # noqa: E402
 from timing import timeit  # noqa: E402  (scripts/timing.py)
 
 

@@ -80,7 +80,7 @@ def generate_rows(engine, rows: np.ndarray, seeds: list[int], pose=None, batch: 
 
 
 def bench_consistency(engine, data, quick: bool) -> dict:
-    from reid_core.baseline import classify_images
+    from reid_core.models.baseline_net import classify_images
     if engine.baseline is None:
         return {"skipped": "no baseline in these weights"}
     n = engine.num_identities
@@ -152,7 +152,7 @@ def _load_bench_pose():
 
 
 def bench_pose(engine, data, quick: bool) -> dict:
-    from reid_core.baseline import classify_images
+    from reid_core.models.baseline_net import classify_images
     from reid_core.pose import pck
     if (Path(data) / "keypoints.json.gz").exists():
         out = {"extraction": _load_bench_pose().run_bench(Path(data), "query", 100 if quick else None,

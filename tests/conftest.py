@@ -32,7 +32,7 @@ def synthetic_market(tmp_path_factory) -> Path:
 def tiny_weights(tmp_path_factory, synthetic_market) -> Path:
     """A complete weights folder of the `tiny` preset, trained once per test session."""
     from reid_core.config import get_preset
-    from reid_core.train import train
+    from reid_core.training import train
     out = tmp_path_factory.mktemp("tiny-weights")
     train(synthetic_market, get_preset("tiny"), out, progress=False, device="cpu")
     return out

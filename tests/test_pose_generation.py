@@ -11,7 +11,7 @@ from PIL import Image
 from reid_core.engine import PoseNotFound, ReIDEngine
 from reid_core.models import IdentityUNet, PoseEncoder
 from reid_core.pose import flip_keypoints
-from reid_core.train import pose_keep_mask
+from reid_core.training.pose import pose_keep_mask
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from reid_core.data import list_split, load_split
 from reid_core.engine import ReIDEngine
 from reid_core.evaluate import evaluate
 from reid_core.metrics import evaluate_rank, pairwise_distance
-from reid_core.train import train
+from reid_core.training import train
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Networks of the engine: one file per model family."""
+from .baseline_net import BaselineNet
 from .encoder import IdentityEncoder
 from .pose_encoder import PoseEncoder
 from .prior import IdentityPrior
-from .unet import IdentityUNet
+from .unet import IdentityUNet, NoiseEncoder
 
-__all__ = ["IdentityEncoder", "IdentityPrior", "IdentityUNet", "PoseEncoder"]
+__all__ = ["BaselineNet", "IdentityEncoder", "IdentityPrior", "IdentityUNet", "NoiseEncoder", "PoseEncoder"]

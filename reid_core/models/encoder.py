@@ -1,4 +1,18 @@
-"""Img2ID: the encoder half of the U-Net plus a dense head, image -> 32-d identity (paper Sec. 4)."""
+"""Img2ID: image -> identity vector, the re-ID feature (paper Sec. 4).
+
+Two backbones, chosen by `backbone`:
+
+* ``"unet"``: the paper's encoder half of the U-Net (residual blocks, average pooling)
+  with a dense head, trained from scratch;
+* ``"mobilenetv2"``: MobileNetV2 x1.0 with last stride 1, started from ImageNet weights
+  (see `reid_core.pretrained`), BNNeck-style batch norm on the pooled feature, then a
+  linear map to the identity space.
+
+With `normalize=True` the identity lies on the unit sphere, where the table rows of
+the generator live too: retrieval by Euclidean distance is then retrieval by cosine.
+Images of any size are resized to `sample_size` first, so a 64x32 generated image and
+a 128x64 crop enter the same way.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,38 +21,72 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from .mobilenet import MOBILENET_V2_CHANNELS, MobileNetV2Features
 from .unet import ResidualBlock
+
+BACKBONES = ("unet", "mobilenetv2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class IdentityEncoder(ModelMixin, ConfigMixin):
     """(B, 3, H, W) in [-1, 1] -> (B, id_dim) identity vectors in the generator's space.
 
-    Levels of residual blocks with average pooling, then global average and max
-    pooling (the max keeps small distinctive details such as a bag) and a
-    two-layer dense head.
+    `pooled(x)` gives the backbone's pooled feature (B, feature_dim), on which the
+    triplet loss acts; `forward(x)` the identity vector.
     """
 
     @register_to_config
     def __init__(self, *, sample_size: tuple[int, int] = (64, 32), in_channels: int = 3,
-                 block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
+                 backbone: str = "unet", block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
                  layers_per_block: int = 2, id_dim: int = 32, hidden_dim: int = 256,
-                 norm_groups: int = 8):
+                 norm_groups: int = 8, last_stride: int = 1, normalize: bool = False):
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
-        ch = block_out_channels[0]
-        blocks = []
-        for i, width in enumerate(block_out_channels):
-            for _ in range(layers_per_block):
-                blocks.append(ResidualBlock(ch, width, norm_groups))
-                ch = width
-            if i < len(block_out_channels) - 1:
-                blocks.append(nn.AvgPool2d(2))
-        self.blocks = nn.Sequential(*blocks)
-        self.norm = nn.GroupNorm(norm_groups, ch)
-        self.head = nn.Sequential(nn.Linear(2 * ch, hidden_dim), nn.SiLU(),
-                                  nn.Linear(hidden_dim, id_dim))
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        if backbone == "mobilenetv2":
+            self.trunk = MobileNetV2Features(last_stride)
+            self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN)[None, :, None, None])
+            self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD)[None, :, None, None])
+            ch = MOBILENET_V2_CHANNELS
+            self.neck = nn.BatchNorm1d(ch)
+            self.neck.bias.requires_grad_(False)  # BNNeck: no shift away from the origin
+            self.head = nn.Linear(ch, id_dim, bias=False)
+        else:
+            layers = [nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)]
+            ch = block_out_channels[0]
+            for i, width in enumerate(block_out_channels):
+                for _ in range(layers_per_block):
+                    layers.append(ResidualBlock(ch, width, norm_groups))
+                    ch = width
+                if i < len(block_out_channels) - 1:
+                    layers.append(nn.AvgPool2d(2))
+            layers += [nn.GroupNorm(norm_groups, ch), nn.SiLU()]
+            self.trunk = nn.Sequential(*layers)
+            ch = 2 * ch  # average and max pooling (the max keeps small details such as a bag)
+            self.neck = nn.Identity()
+            self.head = nn.Sequential(nn.Linear(ch, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, id_dim))
+        self.feature_dim = ch
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(self.config.sample_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, feature_dim) pooled backbone feature."""
+        x = self._resize(x)
+        if self.config.backbone == "mobilenetv2":
+            x = ((x + 1) / 2 - self.pixel_mean) / self.pixel_std
+            return self.trunk(x).mean(dim=(2, 3))
+        h = self.trunk(x)
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+    def identity(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, feature_dim) pooled feature -> (B, id_dim) identity vector."""
+        f = self.head(self.neck(pooled))
+        return F.normalize(f, dim=1) if self.config.normalize else f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.norm(self.blocks(self.stem(x))))
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        return self.identity(self.pooled(x))

@@ -1,17 +1,23 @@
-"""The identity-conditioned denoising U-Net of Asperti et al. (2024), Sec. 3.
+"""The identity-conditioned denoising U-Net of Asperti et al. (2024), Sec. 3, and the
+conditioning that makes it obey the identity.
 
 It is the Keras "DDIM" U-Net the paper builds on: a 1x1 stem, `layers_per_block`
 residual blocks per level with average-pool down-sampling and bilinear up-sampling,
-skip connections per residual block, no attention. Two conditions enter by
-concatenation, broadcast over the feature map:
+skip connections per residual block, no attention. Two ways for the conditions
+(noise variance, identity) to enter, chosen by `conditioning`:
 
-* the noise variance, as a 64-d sinusoidal embedding (32 log-spaced frequencies
-  from 1 to 1000), at the input;
-* the 32-d identity vector, at the input and again after every down-sampling.
+* ``"concat"`` (the paper): the 64-d sinusoidal noise embedding and the 32-d identity
+  are broadcast and concatenated at the input, the identity again after every
+  down-sampling. Measured on cuhk03-pair1 (docs/BENCHMARKS.md), the first GroupNorm
+  standardises those constant channels and in CPU minutes the network learns to ignore them.
+* ``"film"`` (class-conditional diffusion, Dhariwal & Nichol's AdaGN): noise level and
+  identity are mapped by small MLPs to one embedding that scales and shifts the
+  normalised features of *every* residual block, so identity acts everywhere from
+  the first step. A learned null identity takes the place of dropped identities
+  (classifier-free guidance).
 
-The same class serves as Img2Noise (image -> noise) with `id_dim=0` and
-`noise_embedding_dim=0`, and the identity embedding table learned jointly with
-the generator lives here as `identity_embedding`, so it is saved with it.
+The identity table learned with the generator (one row per training identity) lives
+here as `identity_embedding`, so it is saved with it.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+
+CONDITIONINGS = ("concat", "film")
 
 
 def sinusoidal_embedding(noise_var: torch.Tensor, dim: int = 64, min_freq: float = 1.0,
@@ -34,22 +42,102 @@ def sinusoidal_embedding(noise_var: torch.Tensor, dim: int = 64, min_freq: float
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm -> conv3x3 -> SiLU -> conv3x3, plus a (1x1-projected) shortcut."""
+    """GroupNorm -> conv3x3 -> SiLU -> conv3x3, plus a (1x1-projected) shortcut.
 
-    def __init__(self, in_ch: int, out_ch: int, groups: int):
+    With `cond_dim > 0` a second GroupNorm after the first conv is scaled and shifted
+    by the condition embedding (AdaGN): h = norm(h) * (1 + scale) + shift.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int, cond_dim: int = 0):
         super().__init__()
         self.norm = nn.GroupNorm(math.gcd(groups, in_ch), in_ch, affine=False)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        if cond_dim:
+            self.cond_norm = nn.GroupNorm(math.gcd(groups, out_ch), out_ch, affine=False)
+            self.film = nn.Linear(cond_dim, 2 * out_ch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(F.silu(self.conv1(self.norm(x))))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(self.norm(x))
+        if cond is not None:
+            scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+            h = self.cond_norm(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
         return h + self.skip(x)
 
 
 def _broadcast(v: torch.Tensor | None, h: int, w: int) -> list[torch.Tensor]:
     return [] if v is None else [v[:, :, None, None].expand(-1, -1, h, w)]
+
+
+class UNetBody(nn.Module):
+    """The paper's U-Net without its conditions: 1x1 stem, residual blocks with average-pool
+    down-sampling and bilinear up-sampling, a skip per block, a zero-initialised 1x1 head.
+
+    `input_extra` constant channels join the stem output and `level_extra` join again after
+    every down-sampling (the paper's concatenated conditions); `cond_dim` > 0 gives every
+    block a FiLM input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, block_out_channels: tuple[int, ...],
+                 layers_per_block: int, norm_groups: int, cond_dim: int = 0,
+                 input_extra: int = 0, level_extra: int = 0):
+        super().__init__()
+        c0 = block_out_channels[0]
+        self.stem = nn.Conv2d(in_channels, c0, 1)
+        ch = c0 + input_extra
+        self.down = nn.ModuleList()
+        skip_chs = []
+        for width in block_out_channels[:-1]:
+            blocks = nn.ModuleList()
+            for _ in range(layers_per_block):
+                blocks.append(ResidualBlock(ch, width, norm_groups, cond_dim))
+                ch = width
+                skip_chs.append(ch)
+            self.down.append(blocks)
+            ch += level_extra
+        self.mid = nn.ModuleList()
+        for _ in range(layers_per_block):
+            self.mid.append(ResidualBlock(ch, block_out_channels[-1], norm_groups, cond_dim))
+            ch = block_out_channels[-1]
+        self.up = nn.ModuleList()
+        for width in reversed(block_out_channels[:-1]):
+            blocks = nn.ModuleList()
+            for _ in range(layers_per_block):
+                blocks.append(ResidualBlock(ch + skip_chs.pop(), width, norm_groups, cond_dim))
+                ch = width
+            self.up.append(blocks)
+        self.head = nn.Conv2d(ch, out_channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, feats: torch.Tensor, cond: torch.Tensor | None = None,
+                input_extra: list[torch.Tensor] = (), level_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """feats: stem output (B, c0, H, W); cond (B, cond_dim) for FiLM; `input_extra` maps to
+        concatenate after the stem; `level_extra` (B, D) vector broadcast after each down-sampling."""
+        x = torch.cat([feats, *input_extra], dim=1) if input_extra else feats
+        skips = []
+        for blocks in self.down:
+            for block in blocks:
+                x = block(x, cond)
+                skips.append(x)
+            x = F.avg_pool2d(x, 2)
+            if level_extra is not None:
+                x = torch.cat([x, *_broadcast(level_extra, x.shape[2], x.shape[3])], dim=1)
+        for block in self.mid:
+            x = block(x, cond)
+        for blocks in self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            for block in blocks:
+                x = block(torch.cat([x, skips.pop()], dim=1), cond)
+        return self.head(x)
+
+
+def _check_size(sample_size, levels: int) -> None:
+    h, w = sample_size
+    if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
+        raise ValueError(f"sample_size {tuple(sample_size)} must divide by 2**{levels - 1}")
 
 
 class IdentityUNet(ModelMixin, ConfigMixin):
@@ -59,86 +147,98 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         sample_size: (height, width) of the images; each must divide by 2**(levels-1).
         block_out_channels: channels per level, the last one the bottleneck.
         layers_per_block: residual blocks per level (the paper: 2).
-        id_dim: identity vector size (32); 0 for an unconditioned U-Net.
+        id_dim: identity vector size (32).
         num_identities: rows of the jointly learned identity table (0: none).
-        noise_embedding_dim: size of the sinusoidal noise embedding; 0 disables it.
+        noise_embedding_dim: size of the sinusoidal noise embedding.
         norm_groups: GroupNorm groups (clipped to divide each width).
+        conditioning: "concat" (the paper) or "film" (every block modulated).
+        cond_dim: width of the FiLM condition embedding.
+        table_init_std: std of the table's initial rows (0: the paper's uniform +-0.05).
+        normalize_table: the generator reads the table's rows scaled to unit length (the
+            joint recipe, where rows are Img2ID's cosine prototypes).
     """
 
     @register_to_config
     def __init__(self, *, sample_size: tuple[int, int] = (64, 32), in_channels: int = 3,
                  out_channels: int = 3, block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
                  layers_per_block: int = 2, id_dim: int = 32, num_identities: int = 0,
-                 noise_embedding_dim: int = 64, norm_groups: int = 8):
+                 noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
+                 cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False):
         super().__init__()
-        levels = len(block_out_channels)
-        h, w = sample_size
-        if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
-            raise ValueError(f"sample_size {sample_size} must divide by 2**{levels - 1}")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        if id_dim < 1 or noise_embedding_dim < 2:
+            raise ValueError("id_dim and noise_embedding_dim must be positive")
+        _check_size(sample_size, len(block_out_channels))
         self.identity_embedding = nn.Embedding(num_identities, id_dim) if num_identities else None
         if self.identity_embedding is not None:
-            nn.init.uniform_(self.identity_embedding.weight, -0.05, 0.05)
-        c0 = block_out_channels[0]
-        self.stem = nn.Conv2d(in_channels, c0, 1)
-        ch = c0 + noise_embedding_dim + id_dim
-        self.down = nn.ModuleList()
-        skip_chs = []
-        for width in block_out_channels[:-1]:
-            blocks = nn.ModuleList()
-            for _ in range(layers_per_block):
-                blocks.append(ResidualBlock(ch, width, norm_groups))
-                ch = width
-                skip_chs.append(ch)
-            self.down.append(blocks)
-            ch += id_dim  # identity re-enters after each down-sampling
-        self.mid = nn.ModuleList()
-        for _ in range(layers_per_block):
-            self.mid.append(ResidualBlock(ch, block_out_channels[-1], norm_groups))
-            ch = block_out_channels[-1]
-        self.up = nn.ModuleList()
-        for width in reversed(block_out_channels[:-1]):
-            blocks = nn.ModuleList()
-            for _ in range(layers_per_block):
-                blocks.append(ResidualBlock(ch + skip_chs.pop(), width, norm_groups))
-                ch = width
-            self.up.append(blocks)
-        self.head = nn.Conv2d(ch, out_channels, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+            if table_init_std > 0:
+                nn.init.normal_(self.identity_embedding.weight, std=table_init_std)
+            else:
+                nn.init.uniform_(self.identity_embedding.weight, -0.05, 0.05)
+        film = conditioning == "film"
+        if film:
+            self.noise_mlp = nn.Sequential(nn.Linear(noise_embedding_dim, cond_dim), nn.SiLU(),
+                                           nn.Linear(cond_dim, cond_dim))
+            self.identity_mlp = nn.Sequential(nn.Linear(id_dim, cond_dim), nn.SiLU(),
+                                              nn.Linear(cond_dim, cond_dim))
+            # stands in for the identity when it is dropped (classifier-free guidance)
+            self.null_identity = nn.Parameter(torch.zeros(id_dim))
+        self.body = UNetBody(in_channels, out_channels, tuple(block_out_channels), layers_per_block,
+                             norm_groups, cond_dim if film else 0,
+                             input_extra=0 if film else noise_embedding_dim + id_dim,
+                             level_extra=0 if film else id_dim)
 
-    def forward(self, x: torch.Tensor, noise_var: torch.Tensor | None = None,
-                identity: torch.Tensor | None = None,
-                extra_features: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def supports_guidance(self) -> bool:
+        """Whether the model has a null identity (FiLM), the unconditional branch of CFG."""
+        return self.config.conditioning == "film"
+
+    def identity_rows(self, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The table's rows as the generator reads them, (num_identities, id_dim) or (B, id_dim)."""
+        rows = self.identity_embedding.weight if labels is None else self.identity_embedding(labels)
+        return F.normalize(rows, dim=-1) if self.config.normalize_table else rows
+
+    def forward(self, x: torch.Tensor, noise_var: torch.Tensor, identity: torch.Tensor,
+                extra_features: torch.Tensor | None = None,
+                drop_identity: torch.Tensor | None = None) -> torch.Tensor:
         """x (B,3,H,W) in about [-1, 1]; noise_var (B,) in [0, 1]; identity (B, id_dim).
 
         `extra_features`, when given, is added to the stem output (B, c0, H, W): the
         entry point of the pose encoder of the pose-conditioned variant.
+        `drop_identity` (B,) bool replaces those samples' identity by the learned null
+        identity (FiLM only): classifier-free guidance's unconditional branch.
         """
         cfg = self.config
         b, _, h, w = x.shape
-        if cfg.id_dim and (identity is None or identity.shape != (b, cfg.id_dim)):
+        if identity is None or identity.shape != (b, cfg.id_dim):
             raise ValueError(f"identity must have shape ({b}, {cfg.id_dim})")
-        ident = identity.to(x.dtype) if cfg.id_dim else None
-        feats = self.stem(x)
+        ident = identity.to(x.dtype)
+        feats = self.body.stem(x)
         if extra_features is not None:
             feats = feats + extra_features
-        parts = [feats]
-        if cfg.noise_embedding_dim:
-            emb = sinusoidal_embedding(noise_var, cfg.noise_embedding_dim).to(x.dtype)
-            parts += _broadcast(emb, h, w)
-        parts += _broadcast(ident, h, w)
-        x = torch.cat(parts, dim=1)
-        skips = []
-        for blocks in self.down:
-            for block in blocks:
-                x = block(x)
-                skips.append(x)
-            x = F.avg_pool2d(x, 2)
-            x = torch.cat([x, *_broadcast(ident, x.shape[2], x.shape[3])], dim=1)
-        for block in self.mid:
-            x = block(x)
-        for blocks in self.up:
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            for block in blocks:
-                x = block(torch.cat([x, skips.pop()], dim=1))
-        return self.head(x)
+        noise_emb = sinusoidal_embedding(noise_var, cfg.noise_embedding_dim).to(x.dtype)
+        if cfg.conditioning == "film":
+            if drop_identity is not None:
+                ident = torch.where(drop_identity[:, None], self.null_identity.to(x.dtype), ident)
+            cond = F.silu(self.noise_mlp(noise_emb) + self.identity_mlp(ident))
+            return self.body(feats, cond)
+        if drop_identity is not None:
+            raise ValueError("identity dropout needs conditioning='film'")
+        return self.body(feats, input_extra=[*_broadcast(noise_emb, h, w), *_broadcast(ident, h, w)],
+                         level_extra=ident)
+
+
+class NoiseEncoder(ModelMixin, ConfigMixin):
+    """Img2Noise: image (B, 3, H, W) in [-1, 1] -> the noise (B, 3, H, W) that GEN maps back
+    to it under the image's identity (paper Sec. 4). The same U-Net body, unconditioned."""
+
+    @register_to_config
+    def __init__(self, *, sample_size: tuple[int, int] = (64, 32), block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
+                 layers_per_block: int = 2, norm_groups: int = 8):
+        super().__init__()
+        _check_size(sample_size, len(block_out_channels))
+        self.body = UNetBody(3, 3, tuple(block_out_channels), layers_per_block, norm_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.body.stem(x))

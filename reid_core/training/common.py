@@ -1,0 +1,131 @@
+"""What the stages share: the decoded training data, model construction from a preset,
+`--init` (start from a weights folder), the diffusion loss, and the training log."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Preset
+from ..data import load_split, relabel, to_tensor
+from ..io import atomic_write_json
+from ..models import IdentityEncoder, IdentityUNet
+from ..schedule import NUM_TRAIN_TIMESTEPS, noise_variance
+from ..weights import TRAINING_LOG, has_component, load_component, save_component
+
+
+@dataclass
+class TrainData:
+    """The training split, decoded once: images at the generator's size as (N, 3, H, W) in
+    [-1, 1]; `crops` uint8 (N, h, w, 3) at Img2ID's size; labels 0..K-1; raw pids, cameras, paths."""
+    images: torch.Tensor
+    crops: np.ndarray
+    labels: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    paths: list[str]
+
+    @property
+    def num_ids(self) -> int:
+        return int(self.labels.max()) + 1
+
+    @property
+    def labels_t(self) -> torch.Tensor:
+        return torch.from_numpy(self.labels)
+
+
+def load_train_data(data, preset: Preset, progress: bool = True) -> TrainData:
+    split = load_split(data, "train", preset.image_size, progress=progress)
+    crops = split.images if tuple(preset.img2id_size) == tuple(preset.image_size) else \
+        load_split(data, "train", preset.img2id_size, progress=progress).images
+    labels, _ = relabel(split.pids)
+    return TrainData(to_tensor(split.images), crops, labels, split.pids, split.camids, split.paths)
+
+
+def crops_tensor(crops: np.ndarray, idx) -> torch.Tensor:
+    """uint8 crops[idx] -> (B, 3, h, w) float in [-1, 1]."""
+    return to_tensor(crops[np.asarray(idx)])
+
+
+# ---------------------------------------------------------------- models
+
+def new_generator(preset: Preset, num_ids: int) -> IdentityUNet:
+    return IdentityUNet(sample_size=preset.image_size, block_out_channels=preset.channels,
+                        layers_per_block=preset.layers_per_block, id_dim=preset.id_dim,
+                        num_identities=num_ids, conditioning=preset.conditioning, cond_dim=preset.cond_dim,
+                        table_init_std=preset.table_init_std, normalize_table=preset.recipe == "joint")
+
+
+def new_img2id(preset: Preset) -> IdentityEncoder:
+    enc = IdentityEncoder(sample_size=preset.img2id_size, backbone=preset.img2id_backbone,
+                          block_out_channels=preset.enc_channels, layers_per_block=preset.enc_layers_per_block,
+                          id_dim=preset.id_dim, normalize=preset.recipe == "joint")
+    return enc
+
+
+def start_weights(model, init: Path | None, component: str, imagenet: bool = False):
+    """Load `init/<component>` into `model` when given (configs must agree), else the ImageNet
+    start for a MobileNetV2 Img2ID, else leave the fresh initialisation."""
+    if init is not None and has_component(init, component):
+        src = load_component(init, component)
+        ours = {k: v for k, v in model.config.items() if not k.startswith("_")}
+        theirs = {k: v for k, v in src.config.items() if not k.startswith("_")}
+        diff = sorted(k for k in ours if _plain(ours[k]) != _plain(theirs.get(k)))
+        if diff:
+            raise ValueError(f"--init {init}/{component} was trained with other {', '.join(diff)}: "
+                             f"it cannot start this preset's {component}")
+        model.load_state_dict(src.state_dict())
+        return model
+    if imagenet and getattr(model.config, "backbone", None) == "mobilenetv2":
+        from ..pretrained import mobilenetv2_imagenet_state
+        model.trunk.load_state_dict(mobilenetv2_imagenet_state())
+    return model
+
+
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+# ---------------------------------------------------------------- losses
+
+def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: torch.Generator,
+                   loss: str = "l1", drop_identity: torch.Tensor | None = None,
+                   extra_features: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper Sec. 3: noise x0 at a uniform random level, predict the noise, L1 (or MSE)."""
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(x0),), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+    x_t = sched.add_noise(x0, eps, t.to(x0.device))
+    pred = unet(x_t, noise_variance(sched, t).to(x0.device), identity, extra_features=extra_features,
+                drop_identity=drop_identity)
+    return F.l1_loss(pred.float(), eps) if loss == "l1" else F.mse_loss(pred.float(), eps)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[:, None, None, None].to(x.device), x.flip(3), x)
+
+
+# ---------------------------------------------------------------- outputs
+
+def finish(model, out: Path, component: str) -> None:
+    save_component(model.eval(), out, component)
+
+
+def write_log(out: Path, stage: str, info: dict) -> None:
+    """Add one stage's record to `training_log.json` (each stage writes only its own key;
+    a lock keeps two stage processes of one run from losing each other's record)."""
+    import fcntl
+    path = Path(out) / TRAINING_LOG
+    with open(Path(out) / f".{TRAINING_LOG}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        log = json.loads(path.read_text()) if path.exists() else {}
+        log[stage] = info
+        atomic_write_json(path, log)
+
+
+def loss_record(history: list[float], minutes: float, **extra) -> dict:
+    return {"steps": len(history), "minutes": round(minutes, 2), "loss_first": [round(v, 5) for v in history[:20]],
+            "loss_last": float(np.mean(history[-100:])) if history else None, **extra}

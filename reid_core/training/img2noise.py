@@ -1,0 +1,91 @@
+"""Img2Noise (paper Sec. 4): image -> the noise z with GEN(z, Img2ID(x)) ~ x.
+
+Targets: the exact noise of generated images (the synthetic bank), and the DDIM-inverted
+noise of real ones under Img2ID's identity (what the engine pairs it with); plus, with
+`img2noise_recon_weight` > 0, an L1 loss on the image rebuilt through the whole sampling
+chain (what the paper optimises; `sample_steps` generator passes per step).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import Preset
+from ..diffusion import ddim_invert, ddim_sample
+from ..io import atomic_savez
+from ..models import NoiseEncoder
+from .augment import step_rngs
+from .common import TrainData, crops_tensor, finish, loss_record, start_weights, write_log
+from .img2id import load_or_make_bank
+from .loop import TrainLoop, warmup_cosine
+
+
+@torch.no_grad()
+def embed_crops(img2id, crops: np.ndarray, device: str, batch: int = 256) -> torch.Tensor:
+    was = img2id.training
+    img2id.eval()
+    out = torch.cat([img2id(crops_tensor(crops, np.arange(i, min(i + batch, len(crops)))).to(device)).float().cpu()
+                     for i in range(0, len(crops), batch)])
+    img2id.train(was)
+    return out
+
+
+@torch.no_grad()
+def inverted_noise(generator, images: torch.Tensor, identities: torch.Tensor, preset: Preset, out: Path,
+                   device: str, progress: bool, batch: int = 256) -> torch.Tensor:
+    path = Path(out) / "checkpoints" / f"inverted_noise_{len(images)}.npz"  # per subset size: never a stale one
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return torch.from_numpy(z["noise"])
+    zs = [ddim_invert(generator, images[i:i + batch].to(device), identities[i:i + batch].to(device),
+                      preset.sample_steps).float().cpu()
+          for i in tqdm(range(0, len(images), batch), desc="ddim inversion", disable=not progress, leave=False)]
+    z = torch.cat(zs)
+    atomic_savez(path, noise=z.numpy())
+    return z
+
+
+def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, out: Path, *,
+                    init: Path | None = None, device: str = "cpu", resume: bool = False, progress: bool = True):
+    torch.manual_seed(preset.seed)
+    bank_x, bank_id, bank_z = load_or_make_bank(generator, prior, preset, out, device, progress)
+    pick = np.arange(len(data.labels))
+    if preset.img2noise_real_images and preset.img2noise_real_images < len(pick):
+        # DDIM inversion costs `sample_steps` generator passes per image: on a CPU a seeded
+        # subset of the real images gets inverted targets, the bank supplies the rest
+        rng, _ = step_rngs(preset.seed, "img2noise_subset", 0)
+        pick = np.sort(rng.choice(len(pick), preset.img2noise_real_images, replace=False))
+    images = data.images[pick]
+    real_id = embed_crops(img2id, data.crops[pick], device)
+    real_z = inverted_noise(generator, images, real_id, preset, out, device, progress)
+    net = start_weights(NoiseEncoder(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
+                                     layers_per_block=preset.noise_layers_per_block), init, "img2noise").to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=preset.img2noise_lr)
+    steps = preset.img2noise_steps
+    loop = TrainLoop("img2noise", out, seed=preset.seed, steps=steps, modules={"img2noise": net}, optimizer=opt,
+                     schedules=[warmup_cosine(steps, min(100, steps // 5 + 1))],
+                     checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
+    generator.requires_grad_(False)
+    half = preset.img2noise_batch // 2
+
+    def step_fn(step, rng, g):
+        i = torch.from_numpy(rng.integers(0, len(images), preset.img2noise_batch - half))
+        j = torch.from_numpy(rng.integers(0, len(bank_x), half))
+        x = torch.cat([images[i], bank_x[j]]).to(device)
+        z = torch.cat([real_z[i], bank_z[j]]).to(device)
+        pred = net(x).float()
+        loss = F.mse_loss(pred, z)
+        if preset.img2noise_recon_weight and step % preset.img2noise_recon_every == 0:
+            ids = torch.cat([real_id[i], bank_id[j]]).to(device)
+            rec = ddim_sample(generator, ids, pred, preset.sample_steps, grad=True).float()
+            loss = loss + preset.img2noise_recon_weight * F.l1_loss(rec, x)
+        return {"loss": loss}
+
+    history = loop.run(step_fn)
+    finish(net, out, "img2noise")
+    write_log(out, "img2noise", loss_record(history, loop.minutes))
+    return net

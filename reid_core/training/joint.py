@@ -1,0 +1,140 @@
+"""The joint recipe (default): DCAC's correlation-aware conditioning mapped onto the paper's
+generator. One stage, two phases over one optimizer:
+
+1. steps [0, img2id_steps): Img2ID learns discriminatively on the 128x64 crops with the
+   identity table as its class prototypes: label-smoothed CE over cosine logits
+   s * <f, P_k> plus batch-hard triplets on the pooled feature and on f (BoT's recipe,
+   P x K batches, flip / pad-crop / random erasing). The rows become *semantic*: people
+   who look alike get nearby rows, so the generator later learns a smooth map from
+   identity to appearance instead of memorising random codes.
+2. steps [img2id_steps, img2id_steps + gen_steps): the FiLM generator learns to denoise
+   under DCAC's condition c = softmax(logits / tau) . P (Img2ID's class probabilities
+   mixing the rows; for a share `cond_from_image` of samples Img2ID's own vector f, so
+   the generator also takes the vector of a person it never saw). The diffusion loss
+   flows back through c into the table and Img2ID's head, which keep their CE +
+   triplet losses. Img2ID's trunk is frozen here and its pooled features of every crop
+   (and its mirror) are computed once: on a CPU that is what makes the phase affordable.
+
+At sampling, training identity k is the row P_k / |P_k|; a photo's identity is Img2ID's f.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ..config import Preset
+from ..losses import batch_hard_triplet_loss, label_smoothed_ce, prototype_logits
+from ..schedule import make_scheduler
+from .augment import Augment, PKSampler, augment
+from .common import (TrainData, crops_tensor, diffusion_loss, finish, flip_where, loss_record, new_generator,
+                     new_img2id, start_weights, write_log)
+from .generator import make_sampler
+from .loop import TrainLoop, warmup_cosine, warmup_steps
+from .snapshots import snapshot_writer
+
+
+def discriminative_loss(enc, pooled: torch.Tensor, table: torch.Tensor, y: torch.Tensor, preset: Preset,
+                        triplet_on_pooled: bool = True):
+    """CE over the table's rows as prototypes + batch-hard triplets; returns (loss, f, logits)."""
+    f = enc.identity(pooled)
+    logits = prototype_logits(f, table, preset.proto_scale)
+    loss = label_smoothed_ce(logits, y) + batch_hard_triplet_loss(f, y, preset.triplet_margin)
+    if triplet_on_pooled:
+        loss = loss + batch_hard_triplet_loss(pooled, y, preset.triplet_margin)
+    return loss, f, logits
+
+
+def dcac_condition(logits: torch.Tensor, table: torch.Tensor, tau: float) -> torch.Tensor:
+    """DCAC: c = sum_k softmax(logits / tau)_k * P_k / |P_k|, (B, id_dim)."""
+    return torch.softmax(logits / tau, dim=1) @ F.normalize(table, dim=1)
+
+
+@torch.no_grad()
+def pooled_features(enc, crops: np.ndarray, device: str, batch: int = 256, progress: bool = True) -> torch.Tensor:
+    """(2, N, feature_dim): Img2ID's pooled features of every crop and of its mirror image."""
+    was = enc.training
+    enc.eval()
+    out = torch.zeros(2, len(crops), enc.feature_dim)
+    for i in tqdm(range(0, len(crops), batch), desc="img2id features", disable=not progress, leave=False):
+        x = crops_tensor(crops, np.arange(i, min(i + batch, len(crops)))).to(device)
+        out[0, i:i + len(x)] = enc.pooled(x).float().cpu()
+        out[1, i:i + len(x)] = enc.pooled(x.flip(3)).float().cpu()
+    enc.train(was)
+    return out
+
+
+def train_joint(data: TrainData, preset: Preset, out: Path, *, init: Path | None = None, device: str = "cpu",
+                resume: bool = False, progress: bool = True):
+    torch.manual_seed(preset.seed)
+    gen = start_weights(new_generator(preset, data.num_ids), init, "generator").to(device)
+    enc = start_weights(new_img2id(preset), init, "img2id", imagenet=True).to(device)
+    table = gen.identity_embedding.weight
+    n_a, n_b = preset.img2id_steps, preset.gen_steps
+    total = n_a + n_b
+    trunk = [p for n, p in enc.named_parameters() if n.startswith("trunk") and p.requires_grad]
+    head = [p for n, p in enc.named_parameters() if not n.startswith("trunk") and p.requires_grad]
+    unet = [p for n, p in gen.named_parameters() if not n.startswith("identity_embedding")]
+    wd = preset.img2id_weight_decay
+    opt = torch.optim.Adam([
+        {"params": trunk, "lr": preset.img2id_lr, "weight_decay": wd},
+        {"params": head, "lr": preset.img2id_lr, "weight_decay": wd},
+        {"params": [table], "lr": preset.img2id_lr, "weight_decay": 0.0},
+        {"params": unet, "lr": preset.gen_lr, "weight_decay": 0.0}])
+    # phase 1 follows BoT (warm-up, x0.1 at half-way); in phase 2 the head and table go on at joint_head_lr
+    bot = dict(total=n_a, warmup=max(1, n_a // 10), milestones=(0.5,), end=n_a)
+    later = preset.joint_head_lr / preset.img2id_lr
+    schedules = [warmup_steps(**bot, after=0.0), warmup_steps(**bot, after=later),
+                 warmup_steps(**bot, after=later), warmup_cosine(total, preset.gen_warmup, start=n_a)]
+    ema = EMAModel(unet, decay=preset.ema_decay)
+    sched = make_scheduler()
+    aug = Augment(flip=True, pad=preset.img2id_size[1] // 8, random_erasing=preset.img2id_erase)
+    id_sampler = PKSampler(data.labels, min(preset.img2id_batch // 4, data.num_ids), 4)
+    gen_sampler = make_sampler(data, preset.gen_batch, preset.gen_K or 4)
+    labels = data.labels_t
+    cache: dict[str, torch.Tensor] = {}
+    loop = TrainLoop("joint", out, seed=preset.seed, steps=total, modules={"generator": gen, "img2id": enc},
+                     optimizer=opt, schedules=schedules, ema=ema, ema_params=unet, ema_start=n_a,
+                     checkpoint_every=preset.checkpoint_every, snapshot_every=preset.snapshot_every,
+                     on_snapshot=snapshot_writer(out, "joint", {"generator": gen, "img2id": enc}),
+                     resume=resume, progress=progress)
+
+    def img2id_step(rng, g):
+        idx = id_sampler.sample(rng)
+        x = augment(crops_tensor(data.crops, idx), aug, g).to(device)
+        y = labels[idx].to(device)
+        loss, _, logits = discriminative_loss(enc, enc.pooled(x), table, y, preset)
+        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
+
+    def generator_step(rng, g):
+        if "pooled" not in cache:  # the trunk is frozen from here on: its features never change
+            cache["pooled"] = pooled_features(enc, data.crops, device, progress=progress)
+        idx = torch.from_numpy(gen_sampler.sample(rng))
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        x0 = flip_where(data.images[idx], flip).to(device)
+        pooled = cache["pooled"][flip.long(), idx].to(device)
+        y = labels[idx].to(device)
+        disc, f, logits = discriminative_loss(enc, pooled, table, y, preset, triplet_on_pooled=False)
+        c = dcac_condition(logits, table, preset.dcac_tau)
+        own = (torch.rand(len(idx), generator=g) < preset.cond_from_image).to(device)
+        c = torch.where(own[:, None], f, c)
+        drop = (torch.rand(len(idx), generator=g) < preset.identity_dropout).to(device) \
+            if preset.identity_dropout else None
+        diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop)
+        return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
+
+    def step_fn(step, rng, g):
+        # the trunk gets no gradient in phase 2 (its features come from the cache): Adam skips it
+        return img2id_step(rng, g) if step < n_a else generator_step(rng, g)
+
+    history = loop.run(step_fn)
+    ema.copy_to(unet)
+    finish(gen, out, "generator")
+    finish(enc, out, "img2id")
+    write_log(out, "joint", loss_record(history, loop.minutes, img2id_steps=n_a, gen_steps=n_b,
+                                        batch=preset.gen_batch))
+    return gen, enc
