@@ -130,8 +130,8 @@ class Preset:
 
 
 _TINY = dict(
-    image_size=(16, 8), channels=(8, 16), layers_per_block=1, cond_dim=16,
-    gen_steps=120, gen_batch=32, gen_lr=2e-3, gen_warmup=10, ema_decay=0.9,
+    image_size=(16, 8), channels=(16, 32), layers_per_block=1, cond_dim=32,
+    gen_steps=300, gen_batch=32, gen_lr=3e-3, gen_warmup=10, ema_decay=0.9,
     prior_hidden=32, prior_layers=2, prior_steps=100, prior_batch=64, prior_lr=3e-3,
     prior_sample_steps=10, img2id_size=(16, 8), enc_channels=(8, 16), enc_layers_per_block=1,
     img2id_steps=80, img2id_batch=32, img2id_lr=3e-3, synth_images=64,
@@ -153,7 +153,7 @@ PRESETS: dict[str, Preset] = {
                    table_lr=1e-2, joint_head_lr=1e-3, img2id_erase=0.0, **_TINY),
     "tiny_paper": Preset(name="tiny_paper", **_TINY),
     "cpu": Preset(
-        name="cpu", recipe="joint", conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
+        name="cpu", recipe="joint", id_dim=256, conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
         gen_lr=1e-3, gen_warmup=100, identity_dropout=0.1, guidance_scale=1.0, table_lr=1e-3,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
         **_CPU),

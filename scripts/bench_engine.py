@@ -36,7 +36,7 @@ from timing import timeit  # noqa: E402  (scripts/timing.py)
 def bench_tiny(tmp: Path) -> dict:
     data = make_synthetic_market(tmp / "market", num_train_ids=16, num_test_ids=8)
     t0 = time.perf_counter()
-    out = train(data, get_preset("tiny"), tmp / "tiny", stages=("generator", "prior", "img2id", "img2noise"),
+    out = train(data, get_preset("tiny"), tmp / "tiny", stages=("joint", "prior", "img2noise"),
                 progress=False, device="cpu")
     engine = ReIDEngine.from_pretrained(out, device="cpu")
     metrics = evaluate(engine, data, progress=False)

@@ -24,14 +24,15 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reid_core.data import load_split, relabel  # noqa: E402
+from reid_core.data import load_split  # noqa: E402
 from reid_core.engine import Gallery, ReIDEngine, psnr  # noqa: E402
-from reid_core.evaluate import evaluate  # noqa: E402
+from reid_core.evaluate import evaluate, generate_rows, identity_consistency  # noqa: E402
 from timing import timeit  # noqa: E402  (scripts/timing.py)
 
-TARGETS = {
-    "img2id_mAP": 0.75, "img2id_rank1": 0.85, "identity_consistency": 0.80, "psnr_img2noise": 26.0,
-    "generate_1_p50_ms": 150.0, "pose_found_rate": 0.85, "pose_pck02": 0.80, "pose_fidelity_pck02": 0.70,
+TARGETS = {  # the issues' figures (2-core CPU): generator that obeys identity, inversion, poses
+    "img2id_mAP": 0.45, "img2id_rank1": 0.45, "baseline_mAP": 0.36, "identity_consistency": 0.80,
+    "diversity": 0.5, "training_wall_min": 120.0, "weights_mb": 24.0, "psnr_img2noise": 22.0,
+    "generate_1_p50_ms": 100.0, "pose_found_rate": 0.85, "pose_pck02": 0.80, "pose_fidelity_pck02": 0.75,
     "pose_extract_p50_ms": 60.0, "identity_kept_gap": 0.05,
 }
 
@@ -68,44 +69,24 @@ def bench_reid(engine, data) -> dict:
     return out
 
 
-def generate_rows(engine, rows: np.ndarray, seeds: list[int], pose=None, batch: int = 256) -> np.ndarray:
-    """uint8 images for every (row, seed) pair, row-major."""
-    ids = np.repeat(engine.identity_table[rows], len(seeds), 0)
-    noise = np.concatenate([engine.noise([int(r) * 1000 + s for s in seeds]) for r in rows])
-    out = []
-    for i in range(0, len(ids), batch):
-        imgs = engine.generate(ids[i:i + batch], noise=noise[i:i + batch], pose=pose)
-        out.append(np.stack([np.asarray(im) for im in imgs]))
-    return np.concatenate(out)
-
-
 def bench_consistency(engine, data, quick: bool) -> dict:
-    from reid_core.models.baseline_net import classify_images
     if engine.baseline is None:
         return {"skipped": "no baseline in these weights"}
     n = engine.num_identities
     rows = np.arange(n) if not quick else np.linspace(0, n - 1, 100).astype(int)
-    seeds = list(range(8))
-    t0 = time.perf_counter()
-    imgs = generate_rows(engine, rows, seeds)
-    pred = classify_images(engine.baseline, imgs, device=engine.device)
-    acc = float(np.mean(pred == np.repeat(rows, len(seeds))))
-    # the judge's own accuracy on real training images, the ceiling it can attest
-    train = load_split(data, "train", engine.image_size, progress=False)
-    labels, _ = relabel(train.pids)
-    real_acc = float(np.mean(classify_images(engine.baseline, train.images, device=engine.device) == labels))
-    return {"identity_consistency": acc, "identities": len(rows), "images_per_identity": len(seeds),
-            "judge_accuracy_on_real_train": real_acc, "seconds": time.perf_counter() - t0}
+    return identity_consistency(engine, engine.baseline, data, rows=rows, seeds=range(8))
 
 
 def bench_inversion(engine, data, quick: bool) -> dict:
     from skimage.metrics import structural_similarity
     q = load_split(data, "query", engine.image_size, progress=False)
-    imgs = q.images[:100] if quick else q.images
+    crops = load_split(data, "query", engine.embed_size, progress=False).images
+    n = 100 if quick else len(q)
+    imgs, crops = q.images[:n], crops[:n]
     out = {"images": len(imgs)}
     for method in ("img2noise", "ddim"):
         t0 = time.perf_counter()
-        rec, _, _ = engine.reconstruct_arrays(imgs, method)
+        rec, _, _ = engine.reconstruct_arrays(imgs, method, crops_u8=crops)
         ps = [psnr(a, b) for a, b in zip(imgs, rec)]
         ss = [structural_similarity(a, b, channel_axis=2, data_range=255, win_size=7) for a, b in zip(imgs, rec)]
         out[method] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "seconds": time.perf_counter() - t0}
@@ -137,10 +118,6 @@ def bench_speed(engine, weights: Path, quick: bool) -> dict:
     colds = [float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                   check=True).stdout.strip().splitlines()[-1]) for _ in range(2 if quick else 3)]
     res["cold_start_s"] = {"p50": float(np.median(colds)), "max": float(max(colds))}
-    log = weights / "training_log.json"
-    if log.exists():
-        res["training"] = {k: {kk: v[kk] for kk in ("images_per_s", "wall_s", "device", "steps", "batch") if kk in v}
-                           for k, v in json.loads(log.read_text()).items()}
     return res
 
 
@@ -195,16 +172,28 @@ def bench_pose(engine, data, quick: bool) -> dict:
 def pictures(engine, data, img_dir: Path) -> dict:
     img_dir.mkdir(parents=True, exist_ok=True)
     files = {}
-    trained = [engine.identity_table[i] for i in np.linspace(0, engine.num_identities - 1, 4).astype(int)]
+    from reid_core.data import relabel
+    train = load_split(data, "train", engine.image_size, progress=False)
+    labels_np, _ = relabel(train.pids)
+    picks = np.linspace(0, engine.num_identities - 1, 6).astype(int)
+    trained = [engine.identity_table[i] for i in picks]
     new = list(engine.sample_identities(4, seed=7))
-    rows = [engine.generate(v, seed=list(range(8))) for v in trained + new]
-    labels = [f"trained {i}" for i in range(4)] + [f"new {i}" for i in range(4)]
+    blank = Image.new("RGB", (engine.image_size[1] // 2, engine.image_size[0]), (245, 245, 245))
+    rows = []
+    for k, v in zip(picks, trained):  # 4 real photos of the identity | 8 generated under its row
+        real = [Image.fromarray(a) for a in train.images[labels_np == k][:4]]
+        real += [blank] * (4 - len(real))
+        rows.append(real + [blank] + engine.generate(v, seed=list(range(8))))
+    rows += [[blank] * 5 + engine.generate(v, seed=list(range(8))) for v in new]
+    labels = [f"train id {k}" for k in picks] + [f"new {i}" for i in range(4)]
     grid(rows, labels=labels).save(img_dir / "generated_grid.png")
     files["generated_grid"] = "img/generated_grid.png"
     q = load_split(data, "query", engine.image_size, progress=False)
-    sel = q.images[np.linspace(0, len(q) - 1, 8).astype(int)]
-    rec, _, z = engine.reconstruct_arrays(sel, "img2noise")
-    rec_ddim, _, _ = engine.reconstruct_arrays(sel, "ddim")
+    pick = np.linspace(0, len(q) - 1, 8).astype(int)
+    sel = q.images[pick]
+    crops = load_split(data, "query", engine.embed_size, progress=False).images[pick]
+    rec, _, z = engine.reconstruct_arrays(sel, "img2noise", crops_u8=crops)
+    rec_ddim, _, _ = engine.reconstruct_arrays(sel, "ddim", crops_u8=crops)
     rows = [[Image.fromarray(a) for a in sel], [noise_image(n) for n in z],
             [Image.fromarray(a) for a in rec], [Image.fromarray(a) for a in rec_ddim]]
     grid(rows, labels=["original", "noise", "Img2Noise rec.", "DDIM inv. rec."]).save(img_dir / "inversion.png")
@@ -215,7 +204,7 @@ def pictures(engine, data, img_dir: Path) -> dict:
         rows = [[engine.render_pose(p, (h, w)) for p in lib]]
         for v in trained[:2] + new[:2]:
             rows.append([engine.generate(v, seed=3, pose=p)[0] for p in lib])
-        grid(rows, labels=["pose"] + labels[:2] + labels[4:6]).save(img_dir / "poses.png")
+        grid(rows, labels=["pose"] + labels[:2] + labels[6:8]).save(img_dir / "poses.png")
         files["poses"] = "img/poses.png"
     return files
 
@@ -230,10 +219,54 @@ def _mark(ok: bool) -> str:
     return "✅" if ok else "❌"
 
 
-def report(res: dict) -> str:
+def _weights_mb(weights: Path) -> float:
+    return sum(f.stat().st_size for f in Path(weights).rglob("*") if f.is_file()) / 2 ** 20
+
+
+def _training(weights: Path) -> dict:
+    log = Path(weights) / "training_log.json"
+    return json.loads(log.read_text()) if log.exists() else {}
+
+
+def summary_rows(res: dict) -> list[str]:
+    """The issue's figures, measured value beside target."""
+    T, out = TARGETS, []
+    r, c, s = res.get("reid", {}), res.get("consistency", {}), res.get("speed", {})
+    if "top1" in c:
+        out.append(f"| identity consistency: judge top-1, {c['images_per_identity']} noises x {c['identities']} "
+                   f"training identities (CFG scale {c['guidance_scale']:g}) | {_pct(c['top1'])} | ≥ 80% "
+                   f"{_mark(c['top1'] >= T['identity_consistency'])} |")
+        out.append(f"| diversity: per-pixel std across one identity's noises / across as many real photos of one "
+                   f"identity | {c['diversity']:.2f} ({c['pixel_std_generated']:.3f} / {c['pixel_std_real']:.3f}) "
+                   f"| ≥ 0.5 {_mark(c['diversity'] >= T['diversity'])} |")
+    if "img2id" in r:
+        m = r["img2id"]
+        ahead = "baseline" in r and m["mAP"] > r["baseline"]["mAP"]
+        out.append(f"| Img2ID mAP / Rank-1, test ({m['num_query']} q / {m['num_gallery']} g) | {_pct(m['mAP'])} / "
+                   f"{_pct(m['rank1'])} | ≥ 45% / ≥ 45%, ahead of the baseline "
+                   f"{_mark(m['mAP'] >= T['img2id_mAP'] and m['rank1'] >= T['img2id_rank1'] and ahead)} |")
+    if "baseline" in r:
+        out.append(f"| baseline mAP / Rank-1 | {_pct(r['baseline']['mAP'])} / {_pct(r['baseline']['rank1'])} | "
+                   f"≥ 36% {_mark(r['baseline']['mAP'] >= T['baseline_mAP'])} |")
+    t = res.get("training", {})
+    if "pipeline" in t:
+        w = t["pipeline"]["wall_minutes"]
+        out.append(f"| all stages trained ({t['pipeline'].get('jobs', 1)} processes, 1 thread each) | "
+                   f"{w:.0f} min wall | ≤ 120 min {_mark(w <= T['training_wall_min'])} |")
+    if "generate_1" in s:
+        g = s["generate_1"]["p50_ms"]
+        out.append(f"| generate one 64x32 image, {res.get('sample_steps', 10)} steps, {res['threads']} threads | "
+                   f"{g:.0f} ms p50 | ≤ 100 ms {_mark(g <= T['generate_1_p50_ms'])} |")
+    if "weights_mb" in res:
+        out.append(f"| `weights/` | {res['weights_mb']:.1f} MB, safetensors | ≤ 24 MB {_mark(res['weights_mb'] <= 24)} |")
+    return out
+
+
+def report(res: dict, out: Path) -> str:
     L = ["# Benchmarks", "",
          f"Measured by `{res['command']}` on {res['machine']} ({res['date']}), weights `{res['weights']}` "
-         f"(preset `{res['preset']}`). {'QUICK mode: subsets, see counts.' if res['quick'] else ''}", ""]
+         f"(preset `{res['preset']}`). {'QUICK mode: subsets, see counts.' if res['quick'] else ''}", "",
+         "## The figures", "", "| figure | measured | target |", "| --- | --- | --- |", *summary_rows(res), ""]
     r = res.get("reid")
     if r:
         m0 = r["img2id"]
@@ -241,39 +274,62 @@ def report(res: dict) -> str:
               "| model | feature | mAP | Rank-1 | Rank-5 | Rank-10 |", "| --- | --- | --- | --- | --- | --- |"]
         for name, m in r.items():
             L.append(f"| {name} | {m['metric']} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['rank10'])} |")
-        L += ["", f"Targets (`paper` preset): Img2ID mAP ≥ 75% {_mark(r['img2id']['mAP'] >= TARGETS['img2id_mAP'])}, "
-                  f"Rank-1 ≥ 85% {_mark(r['img2id']['rank1'] >= TARGETS['img2id_rank1'])}.", ""]
+        L.append("")
     c = res.get("consistency")
-    if c and "identity_consistency" in c:
+    if c and "top1" in c:
         L += ["## Generation: identity consistency", "",
-              f"Top-1 accuracy of the baseline classifier on {c['images_per_identity']} generated images (random noise) "
-              f"for each of {c['identities']} training identities: **{_pct(c['identity_consistency'])}** "
-              f"(target ≥ 80% {_mark(c['identity_consistency'] >= TARGETS['identity_consistency'])}). "
-              f"The judge's own accuracy on the real training images: {_pct(c['judge_accuracy_on_real_train'])}.", ""]
+              f"The judge (the baseline, trained on real images only, never with or on the generator) names "
+              f"{c['images_per_identity']} generated images (different noises) of each of {c['identities']} "
+              f"training identities: top-1 **{_pct(c['top1'])}**, top-5 {_pct(c['top5'])}; two noises of one "
+              f"identity are named alike {_pct(c['seed_agreement'])} of the time. The judge's own accuracy on the "
+              f"real training images: {_pct(c['judge_accuracy_on_real_train'])}.", ""]
+    abl = out / "ablation.json"
+    if abl.exists():
+        rows = json.loads(abl.read_text())
+        L += ["## Recipe ablation (same data, same CPU minutes)", "",
+              "| run | recipe | conditioning | table lr | P x K | CFG | minutes | consistency top-1 | diversity | Img2ID mAP | Rank-1 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, x in rows.items():
+            L.append(f"| {name} | {x['recipe']} | {x['conditioning']} | {x['table_lr'] or 'as U-Net'} | "
+                     f"{'K=' + str(x['gen_K']) if x['gen_K'] else 'uniform'} | {x['guidance_scale']:g} | "
+                     f"{x['minutes']:.0f} | {_pct(x['consistency_top1'])} | {x['diversity']:.2f} | "
+                     f"{_pct(x['mAP'])} | {_pct(x['rank1'])} |")
+        L.append("")
+    curve = out / "time_to_quality.json"
+    if curve.exists():
+        pts = json.loads(curve.read_text())["points"]
+        L += ["## Time to quality", "", "![time to quality](img/time_to_quality.png)", "",
+              "| minutes | step | Img2ID mAP | Rank-1 | consistency top-1 (160 ids x 4 noises) |",
+              "| --- | --- | --- | --- | --- |"]
+        L += [f"| {p['minutes']:.0f} | {p['step']} | {_pct(p['mAP'])} | {_pct(p['rank1'])} | {_pct(p['consistency_top1'])} |"
+              for p in pts]
+        L.append("")
     v = res.get("inversion")
     if v:
         L += ["## Inversion: GEN(Img2Noise(x), Img2ID(x)) on the test queries", "",
               "| method | PSNR (dB) | SSIM |", "| --- | --- | --- |",
               f"| Img2Noise (one pass) | {v['img2noise']['psnr']:.2f} | {v['img2noise']['ssim']:.3f} |",
               f"| DDIM inversion (10 steps) | {v['ddim']['psnr']:.2f} | {v['ddim']['ssim']:.3f} |", "",
-              f"{v['images']} query images at the model's resolution; target PSNR ≥ 26 dB "
-              f"{_mark(v['img2noise']['psnr'] >= TARGETS['psnr_img2noise'])}.", ""]
+              f"{v['images']} query images at the model's resolution.", ""]
     s = res.get("speed")
     if s:
         L += ["## Speed on this machine (CPU, p50 / p95)", "", "| operation | p50 | p95 |", "| --- | --- | --- |"]
         for k in ("generate_1", "generate_8", "invert_1", "embed_256", "search_top10_in_20000"):
             L.append(f"| {k.replace('_', ' ')} | {s[k]['p50_ms']:.1f} ms | {s[k]['p95_ms']:.1f} ms |")
         L += [f"| engine cold start (import + load + first image) | {s['cold_start_s']['p50']:.2f} s | max {s['cold_start_s']['max']:.2f} s |",
-              "", f"Img2ID embedding: {s['embed_images_per_s']:.0f} images/s in batches of 256. "
-              f"Generate one image ≤ 150 ms p50: {_mark(s['generate_1']['p50_ms'] <= TARGETS['generate_1_p50_ms'])}.", ""]
-        if "training" in s:
-            L += ["Training (from the weights' training log):", "", "| stage | steps | batch | images/s | wall | device |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-            for k, t in s["training"].items():
-                ips = f"{t['images_per_s']:.1f}" if "images_per_s" in t else "–"
-                wall = f"{t['wall_s'] / 60:.1f} min" if "wall_s" in t else "–"
-                L.append(f"| {k} | {t.get('steps', '–')} | {t.get('batch', '–')} | {ips} | {wall} | {t.get('device', 'cpu')} |")
-            L.append("")
+              "", f"Img2ID embedding: {s['embed_images_per_s']:.0f} images/s in batches of 256.", ""]
+    t = res.get("training", {})
+    if t:
+        L += ["## Training (from the weights' training log)", "", "| stage | steps | minutes | loss at the end |",
+              "| --- | --- | --- | --- |"]
+        for k, x in t.items():
+            if k == "pipeline":
+                continue
+            L.append(f"| {k} | {x.get('steps', '–')} | {x.get('minutes', 0):.1f} | {x.get('loss_last') or 0:.4f} |")
+        if "pipeline" in t:
+            L += ["", f"Wall time, all stages: {t['pipeline']['wall_minutes']:.1f} min "
+                      f"({t['pipeline'].get('jobs', 1)} processes side by side, one torch thread each)."]
+        L.append("")
     p = res.get("pose")
     if p:
         e = p["extraction"]
@@ -284,18 +340,15 @@ def report(res: dict) -> str:
                   f"| extraction latency p50 / p95 | {e['latency_ms_p50']:.1f} / {e['latency_ms_p95']:.1f} ms | ≤ 60 ms {_mark(e['latency_ms_p50'] <= 60)} |"]
         g = p.get("generation", {})
         if "pose_fidelity_pck02" in g:
-            L.append(f"| pose fidelity: PCK@0.2, requested vs re-extracted ({g['identities']} ids × {g['poses']} poses; person found in {_pct(g['pose_found_rate'])}) | {_pct(g['pose_fidelity_pck02'])} | ≥ 70% {_mark(g['pose_fidelity_pck02'] >= 0.70)} |")
+            L.append(f"| pose fidelity: PCK@0.2, requested vs re-extracted ({g['identities']} ids × {g['poses']} poses; person found in {_pct(g['pose_found_rate'])}) | {_pct(g['pose_fidelity_pck02'])} | ≥ 75% {_mark(g['pose_fidelity_pck02'] >= 0.75)} |")
         if "identity_kept_gap" in g:
-            # "within 5 points" says nothing when identity-only generation is itself at chance
-            meaningful = g["identity_kept_without_pose"] >= 0.10
-            verdict = _mark(g["identity_kept_gap"] <= 0.05) if meaningful else \
-                "not measurable: identity-only generation is itself at chance ❌"
-            L.append(f"| identity kept across the library poses (baseline top-1) | {_pct(g['identity_kept_with_poses'])} vs {_pct(g['identity_kept_without_pose'])} without pose | within 5 points: {verdict} |")
+            L.append(f"| identity kept across the library poses (judge top-1) | {_pct(g['identity_kept_with_poses'])} vs {_pct(g['identity_kept_without_pose'])} without pose | within 5 points {_mark(g['identity_kept_gap'] <= 0.05)} |")
         L.append("")
     pics = res.get("pictures", {})
     if pics:
         L += ["## Pictures", ""]
-        titles = {"generated_grid": "Identities (rows: 4 trained, 4 new from the prior) × noises (columns)",
+        titles = {"generated_grid": "Training identities (4 real photos, then 8 generated under the identity's row, "
+                                    "different noises) and 4 new identities from the prior",
                   "inversion": "Test queries: original, its noise (clipped to ±2.5), reconstructions",
                   "poses": "The pose library (top) and identities generated in each pose"}
         for k, f in pics.items():
@@ -322,14 +375,16 @@ def main() -> None:
     a = ap.parse_args()
     if a.report_only:
         res = json.loads((a.out / "benchmarks.json").read_text())
-        (a.out / "BENCHMARKS.md").write_text(report(res) + _notes(a.out))
+        (a.out / "BENCHMARKS.md").write_text(report(res, a.out) + _notes(a.out))
         return
     torch.set_num_threads(a.threads)
     engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
     res = {"command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]), "quick": a.quick,
            "weights": str(a.weights.relative_to(ROOT) if a.weights.is_relative_to(ROOT) else a.weights),
            "preset": engine.preset.name, "date": time.strftime("%Y-%m-%d"),
-           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+           "threads": torch.get_num_threads(), "sample_steps": engine.preset.sample_steps,
+           "weights_mb": _weights_mb(a.weights), "training": _training(a.weights)}
     steps = {"reid": lambda: bench_reid(engine, a.data),
              "consistency": lambda: bench_consistency(engine, a.data, a.quick),
              "inversion": lambda: bench_inversion(engine, a.data, a.quick),
@@ -342,7 +397,7 @@ def main() -> None:
         print(f"{name}: {time.perf_counter() - t:.1f} s", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "benchmarks.json").write_text(json.dumps(res, indent=2, default=float))
-    (a.out / "BENCHMARKS.md").write_text(report(res) + _notes(a.out))
+    (a.out / "BENCHMARKS.md").write_text(report(res, a.out) + _notes(a.out))
     print(f"wrote {a.out / 'BENCHMARKS.md'}")
 
 

@@ -22,9 +22,8 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_core.engine import ReIDEngine  # noqa: E402
+from reid_core.weights import COMPONENTS, FILES  # noqa: E402
 
-COMPONENTS = ("generator", "prior", "img2id", "img2noise", "pose_generator", "pose_encoder", "baseline")
-FILES = ("preset.json", "identities.json", "pose_library.json", "training_log.json")
 KEEP_FP32 = ("prior", "baseline")  # normalisation statistics and BatchNorm running stats: small, keep exact
 
 

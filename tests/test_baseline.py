@@ -1,10 +1,12 @@
-"""Tests of the BoT-style discriminative baseline (reid_core/baseline.py).
+"""The BoT-style baseline and the pieces every re-ID stage shares: network, losses, P x K
+sampler, augmentations, and its training as a stage of the one loop.
 
 All data is synthetic and tiny (6 identities of 16x8 images, widths (8, 16)) so the whole
 file runs in seconds on a shared 2-core CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,10 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_core.baseline import (CHECKPOINT_NAME, BaselineNet, BaselineTrainConfig,
-                                CrossEntropyLabelSmooth, PKSampler, augment_batch,
-                                batch_hard_triplet_loss, classify_images, embed_images,
-                                train_baseline)
+from reid_core.config import get_preset
+from reid_core.losses import batch_hard_triplet_loss, label_smoothed_ce, prototype_logits
+from reid_core.models import BaselineNet
+from reid_core.models.baseline_net import classify_images, embed_images
+from reid_core.training.augment import Augment, PKSampler, augment
+from reid_core.training.baseline import train_baseline
+from reid_core.training.common import TrainData
+from reid_core.training.loop import load_checkpoint, warmup_steps
+from reid_core.weights import load_component
 
 H, W = 16, 8
 MODEL_CFG = {"widths": (8, 16), "blocks_per_stage": (1, 1), "stem_stride": 2}
@@ -40,12 +47,18 @@ def make_identities(n_ids: int = 6, per_id: int = 8, seed: int = 0):
     return np.stack(images), np.array(labels, dtype=np.int64)
 
 
-def fast_cfg(**kw) -> BaselineTrainConfig:
-    # A high lr and no step-down: the test only has a few dozen steps to converge.
-    base = dict(steps=40, P=4, K=4, lr=1e-2, warmup_steps=5, milestones=(), checkpoint_every=1000,
-                seed=0)
+def fast_preset(**kw):
+    # A high lr: the test only has a few dozen steps to converge.
+    base = dict(image_size=(H, W), baseline_widths=(8, 16), baseline_steps=40, baseline_lr=1e-2,
+                baseline_pad=1, checkpoint_every=1000)
     base.update(kw)
-    return BaselineTrainConfig(**base)
+    return get_preset("tiny", **base)
+
+
+def as_data(images, labels) -> TrainData:
+    from reid_core.data import to_tensor
+    return TrainData(to_tensor(images), images, labels, labels + 1, np.zeros_like(labels),
+                     [f"{i}.jpg" for i in range(len(labels))])
 
 
 @pytest.fixture(autouse=True)
@@ -79,19 +92,28 @@ def test_forward_modes_and_shapes():
                     feat_dim=32)
 
 
-def test_augment_batch_shapes_and_determinism():
+def test_augment_shapes_and_determinism():
     x = torch.rand(8, 3, H, W) * 2 - 1
-    cfg = fast_cfg()
-    a = augment_batch(x, cfg, torch.Generator().manual_seed(1))
-    b = augment_batch(x, cfg, torch.Generator().manual_seed(1))
+    cfg = Augment(flip=True, pad=2, random_erasing=0.5)
+    a = augment(x, cfg, torch.Generator().manual_seed(1))
+    b = augment(x, cfg, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)
     assert a.min() >= -1 and a.max() <= 1
-    off = fast_cfg(flip=False, pad_crop=False, random_erasing=0.0)
-    assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(1)), x)
+    assert not torch.equal(a, x)
+    off = Augment(flip=False, pad=0, random_erasing=0.0)
+    assert torch.equal(augment(x, off, torch.Generator().manual_seed(1)), x)
     # Erasing with p=1 always blanks some pixels to 0 on every image.
-    erase_only = fast_cfg(flip=False, pad_crop=False, random_erasing=1.0)
-    e = augment_batch(x, erase_only, torch.Generator().manual_seed(2))
+    e = augment(x, Augment(flip=False, random_erasing=1.0), torch.Generator().manual_seed(2))
     assert ((e == 0).flatten(1).any(dim=1)).all()
+    # a pure flip mirrors exactly the images it picks
+    f = augment(x, Augment(flip=True), torch.Generator().manual_seed(3))
+    assert all(torch.equal(fi, xi) or torch.equal(fi, xi.flip(2)) for fi, xi in zip(f, x))
+    # pad-and-crop shifts content by at most `pad` pixels, filling with 0
+    p = augment(x, Augment(flip=False, pad=1), torch.Generator().manual_seed(4))
+    shifted = [any(torch.equal(pi[:, max(0, dy):H + min(0, dy), max(0, dx):W + min(0, dx)],
+                               xi[:, max(0, -dy):H + min(0, -dy), max(0, -dx):W + min(0, -dx)])
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for pi, xi in zip(p, x)]
+    assert all(shifted)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -144,8 +166,15 @@ def test_label_smoothing_ce_matches_formula():
     logp = torch.log_softmax(logits, dim=1)
     direct = torch.stack([-(1 - eps) * logp[i, y[i]] - eps / C * logp[i].sum()
                           for i in range(5)]).mean()
-    torch.testing.assert_close(CrossEntropyLabelSmooth(eps)(logits, y), direct)
-    torch.testing.assert_close(CrossEntropyLabelSmooth(0.0)(logits, y), F.cross_entropy(logits, y))
+    torch.testing.assert_close(label_smoothed_ce(logits, y, eps), direct)
+    torch.testing.assert_close(label_smoothed_ce(logits, y, 0.0), F.cross_entropy(logits, y))
+
+
+def test_prototype_logits_are_scaled_cosines():
+    f = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
+    table = torch.tensor([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    expected = 10 * torch.tensor([[1.0, 0.0, 2 ** -0.5], [0.0, -1.0, -(2 ** -0.5)]])
+    torch.testing.assert_close(prototype_logits(f, table, 10.0), expected)
 
 
 # ---------------------------------------------------------------------------- sampler
@@ -183,14 +212,13 @@ def test_pk_sampler_batch_composition():
 
 def test_training_separates_synthetic_identities(tmp_path):
     images, labels = make_identities()
-    losses = []
-    model = train_baseline(images, labels, MODEL_CFG, fast_cfg(), tmp_path, progress=False,
-                           on_step=lambda step, logs: losses.append(logs["loss"]))
-    assert len(losses) == 40
-    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    model = train_baseline(as_data(images, labels), fast_preset(), tmp_path, progress=False)
+    history = load_checkpoint(tmp_path / "checkpoints" / "baseline.pt")["history"]
+    assert len(history) == 40
+    assert np.mean(history[-5:]) < 0.6 * np.mean(history[:5])
     assert not model.training
-    assert (tmp_path / "config.json").exists()
-    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    assert (tmp_path / "baseline" / "config.json").exists()
+    assert (tmp_path / "baseline" / "diffusion_pytorch_model.safetensors").exists()
 
     pred = classify_images(model, images, batch_size=16)
     assert pred.shape == (len(images),) and pred.dtype == np.int64
@@ -206,14 +234,15 @@ def test_training_separates_synthetic_identities(tmp_path):
     pred2, probs = classify_images(model, images, return_probs=True)
     assert np.array_equal(pred, pred2) and probs.shape == (len(images), 6)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    flipped = embed_images(model, images, flip_average=True)
+    np.testing.assert_allclose(flipped, 0.5 * (feats + embed_images(model, images[:, :, ::-1].copy())),
+                               rtol=1e-4, atol=1e-5)
 
 
-def test_save_pretrained_round_trip(tmp_path):
+def test_save_load_round_trip(tmp_path):
     images, labels = make_identities(per_id=3)
-    model = train_baseline(images, labels, MODEL_CFG, fast_cfg(steps=3), tmp_path / "a",
-                           progress=False)
-    model.save_pretrained(tmp_path / "b")
-    loaded = BaselineNet.from_pretrained(tmp_path / "b")
+    model = train_baseline(as_data(images, labels), fast_preset(baseline_steps=3), tmp_path, progress=False)
+    loaded = load_component(tmp_path, "baseline")
     assert not loaded.training
     assert not loaded.bottleneck.bias.requires_grad
     assert loaded.config.feat_dim == 16 and loaded.config.num_classes == 6
@@ -227,61 +256,57 @@ class _Killed(Exception):
     pass
 
 
-def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     images, labels = make_identities(per_id=4)
-    steps = 8
-    cfg = fast_cfg(steps=steps, checkpoint_every=steps // 2)
-    full = train_baseline(images, labels, MODEL_CFG, cfg, tmp_path / "full", progress=False)
+    data = as_data(images, labels)
+    preset = fast_preset(baseline_steps=8, checkpoint_every=4)
+    full = train_baseline(data, preset, tmp_path / "full", progress=False)
 
-    def die(step, logs):
-        if step == steps // 2:
+    real_sample, calls = PKSampler.sample, []
+
+    def crash_at_step_6(self, rng=None):
+        calls.append(1)
+        if len(calls) == 7:
             raise _Killed
+        return real_sample(self, rng)
 
-    run_dir = tmp_path / "resumed"
+    monkeypatch.setattr(PKSampler, "sample", crash_at_step_6)
     with pytest.raises(_Killed):
-        train_baseline(images, labels, MODEL_CFG, cfg, run_dir, progress=False, on_step=die)
-    ckpt = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-    assert ckpt["step"] == steps // 2
-    assert {"step", "model", "opt", "model_config", "train_config"} <= set(ckpt)
-    # diffusers' private config keys hold a set whose order differs between processes.
-    assert not any(k.startswith("_") for k in ckpt["model_config"])
-    assert [p.name for p in run_dir.iterdir()] == [CHECKPOINT_NAME]   # no temp files left
-
-    calls = []
-    resumed = train_baseline(images, labels, MODEL_CFG, cfg, run_dir, resume=True, progress=False,
-                             on_step=lambda step, logs: calls.append(step))
-    assert calls == list(range(steps // 2 + 1, steps + 1))
-    full_sd, res_sd = full.state_dict(), resumed.state_dict()
-    assert full_sd.keys() == res_sd.keys()
-    for name in full_sd:
-        assert torch.equal(full_sd[name], res_sd[name]), name
-
-    final = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-    assert final["step"] == steps
-    # Resuming a finished run trains nothing and returns the same weights.
-    n_calls = len(calls)
-    again = train_baseline(images, labels, MODEL_CFG, cfg, run_dir, resume=True, progress=False,
-                           on_step=lambda step, logs: calls.append(step))
-    assert len(calls) == n_calls
-    for name, t in again.state_dict().items():
-        assert torch.equal(t, full_sd[name]), name
+        train_baseline(data, preset, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(PKSampler, "sample", real_sample)
+    ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "baseline.pt")
+    assert ckpt["step"] == 4 and len(ckpt["history"]) == 4
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["baseline.pt"]  # no temp files
+    resumed = train_baseline(data, preset, tmp_path / "resumed", resume=True, progress=False)
+    for name, t in full.state_dict().items():
+        assert torch.equal(t, resumed.state_dict()[name]), name
+    history = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "baseline.pt")["history"]
+    assert history == load_checkpoint(tmp_path / "full" / "checkpoints" / "baseline.pt")["history"]
+    again = train_baseline(data, preset, tmp_path / "resumed", resume=True, progress=False)
+    for name, t in again.state_dict().items():  # resuming a finished run trains nothing
+        assert torch.equal(t, full.state_dict()[name]), name
 
 
-def test_resume_rejects_a_different_model(tmp_path):
+def test_init_must_match_the_architecture(tmp_path):
     images, labels = make_identities(per_id=3)
-    train_baseline(images, labels, MODEL_CFG, fast_cfg(steps=2), tmp_path, progress=False)
-    other = dict(MODEL_CFG, widths=(8, 8))
-    with pytest.raises(ValueError):
-        train_baseline(images, labels, other, fast_cfg(steps=4), tmp_path, resume=True,
+    data = as_data(images, labels)
+    train_baseline(data, fast_preset(baseline_steps=2), tmp_path / "a", progress=False)
+    started = train_baseline(data, fast_preset(baseline_steps=0), tmp_path / "b", init=tmp_path / "a",
+                             progress=False)
+    a = load_component(tmp_path / "a", "baseline")
+    for name, t in a.state_dict().items():
+        assert torch.equal(t, started.state_dict()[name]), name
+    with pytest.raises(ValueError, match="widths"):
+        train_baseline(data, fast_preset(baseline_widths=(8, 8)), tmp_path / "c", init=tmp_path / "a",
                        progress=False)
 
 
 def test_lr_schedule():
-    cfg = BaselineTrainConfig(steps=100, lr=1.0, warmup_steps=10, warmup_factor=0.1,
-                              milestones=(0.5, 0.8), gamma=0.1)
-    assert cfg.lr_at(0) == pytest.approx(0.1)
-    assert cfg.lr_at(5) == pytest.approx(0.55)
-    assert cfg.lr_at(10) == pytest.approx(1.0)
-    assert cfg.lr_at(49) == pytest.approx(1.0)
-    assert cfg.lr_at(50) == pytest.approx(0.1)
-    assert cfg.lr_at(80) == pytest.approx(0.01)
+    f = warmup_steps(100, 10, milestones=(0.5, 0.8), gamma=0.1, warmup_factor=0.1)
+    assert f(0) == pytest.approx(0.1)
+    assert f(5) == pytest.approx(0.55)
+    assert f(10) == pytest.approx(1.0)
+    assert f(49) == pytest.approx(1.0)
+    assert f(50) == pytest.approx(0.1)
+    assert f(80) == pytest.approx(0.01)
+    assert warmup_steps(100, 10, end=60, after=0.5)(60) == 0.5

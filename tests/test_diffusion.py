@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from reid_core.diffusion import ddim_invert, ddim_sample
-from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet
+from reid_core.diffusion import ddim_invert, ddim_sample, guided_eps
+from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder
 from reid_core.schedule import cosine_alphas_cumprod, make_scheduler
 
 
@@ -40,7 +40,7 @@ def test_sampling_is_deterministic_and_batch_independent():
     torch.manual_seed(0)
     unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1,
                         id_dim=4, num_identities=3).eval()
-    torch.nn.init.normal_(unet.head.weight, std=0.1)  # the zero-initialised head would hide bugs
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)  # the zero-initialised head would hide bugs
     ident = torch.randn(3, 4)
     noise = torch.randn(3, 3, 16, 8, generator=torch.Generator().manual_seed(1))
     a = ddim_sample(unet, ident, noise)
@@ -50,10 +50,11 @@ def test_sampling_is_deterministic_and_batch_independent():
     torch.testing.assert_close(single, a[1:2], atol=1e-5, rtol=0)
 
 
-def test_network_shapes_and_identity_conditioning():
+@pytest.mark.parametrize("conditioning", ["concat", "film"])
+def test_network_shapes_and_identity_conditioning(conditioning):
     unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16, 32), layers_per_block=2,
-                        id_dim=4, num_identities=5)
-    torch.nn.init.normal_(unet.head.weight, std=0.1)
+                        id_dim=4, num_identities=5, conditioning=conditioning, cond_dim=8)
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
     x = torch.randn(2, 3, 16, 8)
     var = torch.rand(2)
     out1 = unet(x, var, torch.zeros(2, 4))
@@ -74,3 +75,56 @@ def test_paper_preset_has_the_papers_size():
                         id_dim=32, num_identities=0)
     n = sum(p.numel() for p in unet.parameters())
     assert 9.5e6 < n < 10.2e6  # the paper's Keras U-Net: 9.8 M
+
+
+def test_film_identity_reaches_every_block_and_the_null_identity_replaces_it():
+    torch.manual_seed(0)
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+                        num_identities=3, conditioning="film", cond_dim=8)
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    assert unet.supports_guidance
+    blocks = [b for level in (*unet.body.down, unet.body.mid, *unet.body.up) for b in level]
+    assert blocks and all(hasattr(b, "film") for b in blocks)
+    x, var = torch.randn(2, 3, 16, 8), torch.rand(2)
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    # dropped identities all become the same null identity, whatever was passed
+    dropped = torch.tensor([True, True])
+    torch.testing.assert_close(unet(x, var, a, drop_identity=dropped), unet(x, var, b, drop_identity=dropped))
+    assert not torch.allclose(unet(x, var, a), unet(x, var, b))
+    concat = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4)
+    with pytest.raises(ValueError, match="film"):
+        concat(x, var, a, drop_identity=dropped)
+
+
+def test_classifier_free_guidance_extrapolates_from_the_null_identity():
+    torch.manual_seed(0)
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+                        conditioning="film", cond_dim=8).eval()
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    x, var, ident = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
+    cond = unet(x, var, ident)
+    uncond = unet(x, var, ident, drop_identity=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(guided_eps(unet, x, var, ident, 1.0), cond)
+    torch.testing.assert_close(guided_eps(unet, x, var, ident, 3.0), uncond + 3.0 * (cond - uncond),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_normalised_table_rows_and_noise_encoder():
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+                        num_identities=6, conditioning="film", cond_dim=8, table_init_std=0.3,
+                        normalize_table=True)
+    rows = unet.identity_rows()
+    torch.testing.assert_close(rows.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(unet.identity_rows(torch.tensor([2])), rows[2:3])
+    net = NoiseEncoder(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1)
+    assert net(torch.randn(2, 3, 16, 8)).shape == (2, 3, 16, 8)
+
+
+def test_img2id_resizes_any_input_and_normalises():
+    enc = IdentityEncoder(sample_size=(32, 16), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+                          normalize=True).eval()
+    small, large = torch.rand(1, 3, 16, 8) * 2 - 1, torch.rand(1, 3, 64, 32) * 2 - 1
+    for x in (small, large):
+        f = enc(x)
+        assert f.shape == (1, 4)
+        torch.testing.assert_close(f.norm(dim=1), torch.ones(1))

@@ -156,6 +156,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         table_init_std: std of the table's initial rows (0: the paper's uniform +-0.05).
         normalize_table: the generator reads the table's rows scaled to unit length (the
             joint recipe, where rows are Img2ID's cosine prototypes).
+        identity_scale: FiLM multiplies the identity by this before its MLP; sqrt(id_dim) gives
+            unit-length identities unit variance per dimension, as strong as the noise level's.
     """
 
     @register_to_config
@@ -163,7 +165,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                  out_channels: int = 3, block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
                  layers_per_block: int = 2, id_dim: int = 32, num_identities: int = 0,
                  noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
-                 cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False):
+                 cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False,
+                 identity_scale: float = 1.0):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
@@ -221,7 +224,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         if cfg.conditioning == "film":
             if drop_identity is not None:
                 ident = torch.where(drop_identity[:, None], self.null_identity.to(x.dtype), ident)
-            cond = F.silu(self.noise_mlp(noise_emb) + self.identity_mlp(ident))
+            cond = F.silu(self.noise_mlp(noise_emb) + self.identity_mlp(ident * cfg.identity_scale))
             return self.body(feats, cond)
         if drop_identity is not None:
             raise ValueError("identity dropout needs conditioning='film'")

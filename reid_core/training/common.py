@@ -57,7 +57,8 @@ def new_generator(preset: Preset, num_ids: int) -> IdentityUNet:
     return IdentityUNet(sample_size=preset.image_size, block_out_channels=preset.channels,
                         layers_per_block=preset.layers_per_block, id_dim=preset.id_dim,
                         num_identities=num_ids, conditioning=preset.conditioning, cond_dim=preset.cond_dim,
-                        table_init_std=preset.table_init_std, normalize_table=preset.recipe == "joint")
+                        table_init_std=preset.table_init_std, normalize_table=preset.recipe == "joint",
+                        identity_scale=preset.id_dim ** 0.5 if preset.recipe == "joint" else 1.0)
 
 
 def new_img2id(preset: Preset) -> IdentityEncoder:

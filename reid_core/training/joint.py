@@ -54,6 +54,22 @@ def dcac_condition(logits: torch.Tensor, table: torch.Tensor, tau: float) -> tor
     return torch.softmax(logits / tau, dim=1) @ F.normalize(table, dim=1)
 
 
+def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor, y: torch.Tensor,
+                         preset: Preset, g: torch.Generator) -> dict:
+    """Phase 2's losses for one batch: images x0 (B, 3, H, W), Img2ID's pooled features of
+    the same images (B, feature_dim), labels y. The diffusion loss reaches Img2ID's head and
+    the table through the condition c; the discriminative loss keeps them discriminative."""
+    table = gen.identity_embedding.weight
+    disc, f, logits = discriminative_loss(enc, pooled, table, y, preset, triplet_on_pooled=False)
+    c = dcac_condition(logits, table, preset.dcac_tau)
+    own = (torch.rand(len(y), generator=g) < preset.cond_from_image).to(x0.device)
+    c = torch.where(own[:, None], f, c)
+    drop = (torch.rand(len(y), generator=g) < preset.identity_dropout).to(x0.device) \
+        if preset.identity_dropout else None
+    diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop)
+    return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
+
+
 @torch.no_grad()
 def pooled_features(enc, crops: np.ndarray, device: str, batch: int = 256, progress: bool = True) -> torch.Tensor:
     """(2, N, feature_dim): Img2ID's pooled features of every crop and of its mirror image."""
@@ -117,15 +133,7 @@ def train_joint(data: TrainData, preset: Preset, out: Path, *, init: Path | None
         flip = torch.rand(len(idx), generator=g) < 0.5
         x0 = flip_where(data.images[idx], flip).to(device)
         pooled = cache["pooled"][flip.long(), idx].to(device)
-        y = labels[idx].to(device)
-        disc, f, logits = discriminative_loss(enc, pooled, table, y, preset, triplet_on_pooled=False)
-        c = dcac_condition(logits, table, preset.dcac_tau)
-        own = (torch.rand(len(idx), generator=g) < preset.cond_from_image).to(device)
-        c = torch.where(own[:, None], f, c)
-        drop = (torch.rand(len(idx), generator=g) < preset.identity_dropout).to(device) \
-            if preset.identity_dropout else None
-        diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop)
-        return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
+        return joint_generator_loss(gen, enc, sched, x0, pooled, labels[idx].to(device), preset, g)
 
     def step_fn(step, rng, g):
         # the trunk gets no gradient in phase 2 (its features come from the cache): Adam skips it

@@ -59,6 +59,8 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
     from .pose import build_pose_library, find_pose_file, pose_keypoints, train_pose
     from .prior import train_prior
 
+    import time
+    t_start = time.perf_counter()
     out = Path(out)
     init = Path(init) if init else None
     order = RECIPE_STAGES[preset.recipe]
@@ -114,6 +116,10 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
             build_pose_library(data_.crops, data_.labels, data_.paths, kps, load("img2id"), preset, out, device)
     if side is not None and side.wait():
         raise RuntimeError(f"the baseline stage failed: see {out / 'baseline.log'}")
+    if set(stages) | ({"baseline"} if side is not None else set()) == set(order):
+        from .common import write_log
+        write_log(out, "pipeline", {"wall_minutes": round((time.perf_counter() - t_start) / 60, 2),
+                                    "jobs": 2 if side is not None else 1, "resumed": resume})
     return out
 
 
