@@ -121,17 +121,9 @@ def choose_identity(engine, source: str, index=0, prior_seed=0, photo=None) -> t
     raise ValueError(f"identity source must be one of {', '.join(IDENTITY_SOURCES)}")
 
 
-def slider_range(engine) -> float:
-    """A symmetric slider range that covers the training identities and prior samples."""
-    table = np.asarray(engine.identity_table)
-    try:
-        prior = engine.sample_identities(64, seed=12345)
-        m = max(float(np.abs(table).max()), float(np.abs(prior).max()))
-    except Exception:
-        m = float(np.abs(table).max())
-    r = 1.25 * m if m > 0 else 1.0
-    mag = 10 ** np.floor(np.log10(r))
-    return float(np.ceil(r / mag * 2) / 2 * mag)  # a round number just above
+def axis_word(engine) -> str:
+    """What a slider moves: one of the identity's dimensions, or one of its principal axes."""
+    return "dim" if engine.axes_are_dimensions else "axis"
 
 
 # ---------------------------------------------------------------- per-visitor gallery
@@ -239,15 +231,19 @@ def identity_figure(vector: np.ndarray, title: str = "Identity vector (Img2ID)",
     return fig
 
 
-def sensitivity_figure(sens: np.ndarray, delta: float = 0.3):
+def sensitivity_figure(sens: np.ndarray, dimensions: bool = True):
+    """Bar chart of `explore.dimension_sensitivity`: each slider moved by one standard deviation
+    of the training identities along it, both ways."""
     import plotly.graph_objects as go
     s = np.asarray(sens, dtype=float)
     top = set(np.argsort(-s)[:5].tolist())
+    word = "dim" if dimensions else "axis"
     fig = go.Figure(go.Bar(x=list(range(len(s))), y=s,
                            marker_color=["#f18f01" if i in top else "#9aa5b1" for i in range(len(s))],
-                           hovertemplate="dim %{x}: %{y:.2f}<extra></extra>"))
-    fig.update_layout(title=f"Which dimensions move the picture (mean |pixel change| for ±{delta:g})",
-                      xaxis_title="dimension", yaxis_title="mean |Δ pixel| (0-255)", height=300,
+                           hovertemplate=word + " %{x}: %{y:.2f}<extra></extra>"))
+    fig.update_layout(title=f"Which {word}s move the picture (mean |pixel change| for ±1 sd of the training identities)",
+                      xaxis_title="dimension" if dimensions else "principal axis", yaxis_title="mean |Δ pixel| (0-255)",
+                      height=300,
                       margin=dict(l=50, r=20, t=50, b=40), template="plotly_white")
     fig.update_xaxes(dtick=2)
     return fig

@@ -23,7 +23,7 @@ from PIL import Image
 from reid_core.data import DatasetError, ImageError, cache_dir
 from reid_core.engine import Inversion
 from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, noise_to_image,
-                               rank_galleries, upscale)
+                               rank_galleries, slider_ranges, upscale)
 
 from . import common
 from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING, UploadGallery
@@ -165,8 +165,7 @@ class ReIDApp:
         self._portraits: OrderedDict = OrderedDict()   # (identity index, seed) -> model-size image
         self._portrait_lock = threading.Lock()
         self.warm_done = threading.Event()  # set when the launch-time background work has finished
-        self.range = common.slider_range(engine)
-        self.id_dim = engine.preset.id_dim
+        self.ranges = slider_ranges(engine)  # (num_axes, 2)
         self.scale = common.display_scale(engine)
 
     # ------------------------------------------------------------ generate
@@ -294,70 +293,77 @@ class ReIDApp:
         return sheet, f"left: the photo · middle: its reconstruction · right: **{what}** on the photo's noise"
 
     # ------------------------------------------------------------ latent sliders
-    def _clip(self, v: np.ndarray) -> list[float]:
-        return [round(float(x), 4) for x in np.clip(v, -self.range, self.range)]
+    def _coords(self, vector: np.ndarray) -> list[float]:
+        """An identity's slider positions: its coordinates along the latent axes, in range."""
+        c = np.clip(self.engine.to_axes(vector), self.ranges[:, 0], self.ranges[:, 1])
+        return [round(float(x), 4) for x in c]
+
+    def _loaded(self, noise_seed, vector, caption: str):
+        base = [float(x) for x in np.asarray(vector, np.float32)]
+        values = self._coords(vector)
+        return (*values, self.latent_render(noise_seed, base, *values), base, caption)
 
     @_plain_errors
     def latent_load(self, source: str, index, prior_seed, photo, noise_seed):
-        """Set the sliders to an identity -> (*32 values, image, base vector state, caption)."""
+        """Set the sliders to an identity -> (*slider values, image, identity state, caption)."""
         vector, what = common.choose_identity(self.engine, source, index, prior_seed, photo)
-        values = self._clip(vector)
-        image = self.latent_render(noise_seed, *values)
-        return (*values, image, values, f"Loaded {what}. Move a slider to change one dimension.")
+        return self._loaded(noise_seed, vector, f"Loaded {what}. Move a slider to move it along one axis.")
 
     @_plain_errors
     def latent_random(self, noise_seed, seed=None):
         """A new identity from the prior (random seed unless given)."""
         s = int(np.random.default_rng().integers(0, 2 ** 31 - 1)) if seed is None else common.check_seed(seed)
         vector = self.engine.sample_identities(1, seed=s)[0]
-        values = self._clip(vector)
-        image = self.latent_render(noise_seed, *values)
-        return (*values, image, values, f"A new identity sampled from the prior (seed {s}).")
+        return self._loaded(noise_seed, vector, f"A new identity sampled from the prior (seed {s}).")
 
     @_plain_errors
     def latent_reset(self, noise_seed, base):
         """Back to the last loaded identity."""
-        values = list(base) if base else self._clip(self.engine.identity_table[0])
-        return (*values, self.latent_render(noise_seed, *values), values, "Reset to the loaded identity.")
+        vector = np.asarray(base, np.float32) if base else self.engine.identity_table[0]
+        return self._loaded(noise_seed, vector, "Reset to the loaded identity.")
 
     @_plain_errors
-    def latent_render(self, noise_seed, *values):
-        """32 slider values, fixed noise -> the image (upscaled)."""
-        v = self._vector(values)
+    def latent_render(self, noise_seed, base, *values):
+        """Slider values (coordinates along the latent axes) on the loaded identity, fixed noise
+        -> the image (upscaled)."""
+        v = self._vector(base, values)
         return upscale(self.engine.generate(v, seed=common.check_seed(noise_seed))[0], 2 * self.scale)
 
-    def _vector(self, values) -> np.ndarray:
-        if len(values) != self.id_dim:
-            raise ValueError(f"need {self.id_dim} slider values, got {len(values)}")
+    def _vector(self, base, values) -> np.ndarray:
+        k = len(self.ranges)
+        if len(values) != k:
+            raise ValueError(f"need {k} slider values, got {len(values)}")
         try:
-            v = np.asarray([float(x) for x in values], dtype=np.float32)
+            coords = np.asarray([float(x) for x in values], dtype=np.float32)
         except (TypeError, ValueError):
             raise ValueError("slider values must be numbers") from None
-        return v
+        base = self.engine.identity_table[0] if not base else np.asarray(base, np.float32)
+        return self.engine.from_axes(coords, base)
 
     @_plain_errors
-    def latent_sensitivity(self, noise_seed, *values):
-        """Per-dimension sensitivity of the current identity -> (bar chart, caption). Cached.
+    def latent_sensitivity(self, noise_seed, base, *values):
+        """Per-axis sensitivity of the current identity -> (bar chart, caption). Cached.
 
-        It takes 2 x 32 + 1 generations: seconds on a CPU for the real model.
+        It takes 2 x num_axes + 1 generations: seconds on a CPU for the real model.
         """
-        v = self._vector(values)
-        sens = dimension_sensitivity(self.engine, v, seed=common.check_seed(noise_seed), delta=0.3)
+        v = self._vector(base, values)
+        sens = dimension_sensitivity(self.engine, v, seed=common.check_seed(noise_seed))
         return self._sensitivity_outputs(sens)
 
-    @staticmethod
-    def _sensitivity_outputs(sens):
+    def _sensitivity_outputs(self, sens):
         top = np.argsort(-sens)[:5]
-        return (common.sensitivity_figure(sens),
-                "Dimensions that move this picture most: " + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
+        return (common.sensitivity_figure(sens, self.engine.axes_are_dimensions),
+                f"{common.axis_word(self.engine).capitalize()}s that move this picture most: "
+                + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
 
     @_plain_errors
-    def latent_sensitivity_cached(self, noise_seed, *values):
+    def latent_sensitivity_cached(self, noise_seed, base, *values):
         """The sensitivity chart if already computed for this identity and noise; else a hint."""
-        sens = cached_sensitivity(self.engine, self._vector(values), seed=common.check_seed(noise_seed), delta=0.3)
+        sens = cached_sensitivity(self.engine, self._vector(base, values), seed=common.check_seed(noise_seed))
         if sens is None:
-            return gr.skip(), ("Which dimensions move this picture most? Click **Which dimensions matter?** "
-                               "(65 generations, then cached).")
+            k = len(self.ranges)
+            return gr.skip(), (f"Which {common.axis_word(self.engine)}s move this picture most? Click **Which "
+                               f"dimensions matter?** ({2 * k + 1} generations, then cached).")
         return self._sensitivity_outputs(sens)
 
     # ------------------------------------------------------------ re-identify
@@ -396,8 +402,7 @@ class ReIDApp:
     def _warm_up_steps(self) -> None:
         self.index_startup_gallery()
         for step in (self.warm_portraits, lambda: IdentityMap.get(self.engine),
-                     lambda: dimension_sensitivity(self.engine, np.asarray(self._clip(self.engine.identity_table[0]),
-                                                                           np.float32), seed=0, delta=0.3)):
+                     lambda: dimension_sensitivity(self.engine, self.engine.identity_table[0], seed=0)):
             try:
                 step()
             except Exception as e:  # the tab reports it when asked again
@@ -561,7 +566,6 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
     # the first visit is never empty: the Generate and Invert tabs open with results
     g_init, i_init = app.initial_outputs(first)
     h, w = engine.image_size
-    r = app.range
 
     with gr.Blocks(title=TITLE, fill_width=False, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         demo.reid_app = app  # for launch() and tests
@@ -667,17 +671,19 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                     l_caption = gr.Markdown(elem_id="lat-caption")
                 with gr.Column(scale=3):
                     sliders = []
-                    for row in range(0, engine.preset.id_dim, 4):
+                    word = common.axis_word(engine)
+                    for row in range(0, len(app.ranges), 4):
                         with gr.Row():
-                            for d in range(row, min(row + 4, engine.preset.id_dim)):
-                                sliders.append(gr.Slider(-r, r, value=0.0, step=r / 100, label=f"dim {d}",
-                                                         min_width=120, elem_id=f"lat-dim-{d}"))
+                            for d in range(row, min(row + 4, len(app.ranges))):
+                                lo, hi = (float(x) for x in app.ranges[d])
+                                sliders.append(gr.Slider(lo, hi, value=round((lo + hi) / 2, 4), step=(hi - lo) / 200,
+                                                         label=f"{word} {d}", min_width=120, elem_id=f"lat-dim-{d}"))
             with gr.Row():
                 l_sens_btn = gr.Button("Which dimensions matter?", elem_id="lat-sens-btn", scale=0, min_width=260)
                 l_sens_caption = gr.Markdown(elem_id="lat-sens-caption")
             l_sens = gr.Plot(label="Sensitivity", elem_id="lat-sens")
             state_out = [*sliders, l_out, base, l_caption]
-            sens_in = [l_noise, *sliders]
+            sens_in = [l_noise, base, *sliders]
             sens_out = [l_sens, l_sens_caption]
             l_load.click(app.latent_load, [l_source, l_index, l_prior, l_photo, l_noise], state_out,
                          api_name="latent_load", **MODEL).then(

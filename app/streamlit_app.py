@@ -27,7 +27,7 @@ from app.common import (BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCE
                         UploadGallery)
 from reid_core.data import DatasetError, ImageError  # noqa: E402
 from reid_core.engine import ReIDEngine, WeightsError  # noqa: E402
-from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid,  # noqa: E402
+from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, slider_ranges,  # noqa: E402
                                noise_to_image, rank_galleries)
 
 TITLE = "Generative person re-identification"
@@ -219,35 +219,35 @@ def tab_invert(engine, scale):
                     show_error(e)
 
 
-def _set_sliders(engine, vector, r):
-    vals = [round(float(x), 4) for x in np.clip(vector, -r, r)]
-    for d, v in enumerate(vals):
-        st.session_state[f"lat-dim-{d}"] = v
-    st.session_state["lat-base"] = vals
+def _set_sliders(engine, vector, ranges):
+    """Put an identity on the sliders: its coordinates along the latent axes; keep the vector."""
+    coords = np.clip(engine.to_axes(vector), ranges[:, 0], ranges[:, 1])
+    for d, v in enumerate(coords):
+        st.session_state[f"lat-dim-{d}"] = round(float(v), 4)
+    st.session_state["lat-base"] = [float(x) for x in np.asarray(vector, np.float32)]
 
 
 def tab_sliders(engine, scale):
-    r = common.slider_range(engine)
-    dim = engine.preset.id_dim
+    ranges = slider_ranges(engine)
+    word = common.axis_word(engine)
     if "lat-base" not in st.session_state:
-        _set_sliders(engine, engine.identity_table[0], r)
+        _set_sliders(engine, engine.identity_table[0], ranges)
     left, right = st.columns([1, 3])
     with left:
         noise_seed = st.number_input("Noise seed", 0, 2 ** 31 - 1, 0, key="lat-noise")
         b1, b2 = st.columns(2)
         if b1.button("Reset", key="lat-reset"):
-            for d, v in enumerate(st.session_state["lat-base"]):
-                st.session_state[f"lat-dim-{d}"] = v
+            _set_sliders(engine, np.asarray(st.session_state["lat-base"], np.float32), ranges)
         if b2.button("Randomise", type="primary", key="lat-random"):
             s = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
-            _set_sliders(engine, engine.sample_identities(1, seed=s)[0], r)
+            _set_sliders(engine, engine.sample_identities(1, seed=s)[0], ranges)
             st.session_state["lat-what"] = f"a new identity from the prior (seed {s})"
         with st.expander("Start from ..."):
             source, index, prior_seed, photo = identity_controls(engine, "lat")
             if st.button("Load identity", key="lat-load"):
                 try:
                     vector, what = common.choose_identity(engine, source, index, prior_seed, photo)
-                    _set_sliders(engine, vector, r)
+                    _set_sliders(engine, vector, ranges)
                     st.session_state["lat-what"] = what
                 except (ValueError, *BAD_IMAGE) as e:
                     show_error(e)
@@ -255,21 +255,23 @@ def tab_sliders(engine, scale):
         st.caption(f"Identity: {st.session_state.get('lat-what', 'training identity #0')}")
     with right:
         cols = st.columns(4)
-        values = [cols[d % 4].slider(f"dim {d}", -r, r, step=r / 100, key=f"lat-dim-{d}") for d in range(dim)]
-    vector = np.asarray(values, dtype=np.float32)
-    show_images(image_slot, render(engine, st.session_state["weights"], tuple(values), int(noise_seed)),
+        values = [cols[d % 4].slider(f"{word} {d}", float(lo), float(hi), step=float(hi - lo) / 200,
+                                     key=f"lat-dim-{d}") for d, (lo, hi) in enumerate(ranges)]
+    vector = engine.from_axes(np.asarray(values, np.float32), st.session_state["lat-base"])
+    show_images(image_slot, render(engine, st.session_state["weights"], tuple(vector.tolist()), int(noise_seed)),
                 "fixed noise, your identity", 2 * scale)
-    sens = cached_sensitivity(engine, vector, seed=int(noise_seed), delta=0.3)
-    if st.button("Which dimensions matter?", key="lat-sens-btn", help="65 generations, then cached"):
-        bar = st.progress(0.0, text="moving each dimension by ±0.3")
-        sens = dimension_sensitivity(engine, vector, seed=int(noise_seed), delta=0.3,
-                                     progress=lambda f: bar.progress(float(f), text="moving each dimension by ±0.3"))
+    sens = cached_sensitivity(engine, vector, seed=int(noise_seed))
+    text = f"moving each {word} by ±1 sd of the training identities"
+    if st.button("Which dimensions matter?", key="lat-sens-btn", help=f"{2 * len(ranges) + 1} generations, then cached"):
+        bar = st.progress(0.0, text=text)
+        sens = dimension_sensitivity(engine, vector, seed=int(noise_seed),
+                                     progress=lambda f: bar.progress(float(f), text=text))
         bar.empty()
     if sens is not None:
         top = np.argsort(-sens)[:5]
-        st.markdown("Dimensions that move this picture most: "
+        st.markdown(f"{word.capitalize()}s that move this picture most: "
                     + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
-        st.plotly_chart(common.sensitivity_figure(sens), key="lat-sens")
+        st.plotly_chart(common.sensitivity_figure(sens, engine.axes_are_dimensions), key="lat-sens")
 
 
 def tab_reid(engine, scale, folders):

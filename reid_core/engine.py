@@ -33,6 +33,7 @@ from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, 
 from .weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_component, load_component, missing
 
 ProgressFn = Callable[[float, str], None]
+MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
 
 
 class PoseNotFound(ValueError):
@@ -135,6 +136,7 @@ class ReIDEngine:
         self.guidance_scale = float(preset.guidance_scale) if generator.supports_guidance else 1.0
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
+        self._axes: np.ndarray | None = None
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -320,16 +322,69 @@ class ReIDEngine:
         g = torch.Generator().manual_seed(int(seed))
         return sample_prior(self.prior, n, g, self.preset.prior_sample_steps, self.device).cpu().numpy()
 
-    def vary(self, identity, dim: int, values: Sequence[float], seed: int = 0) -> list[Image.Image]:
-        """Move ONE identity dimension through `values` with the noise fixed (paper Fig. 11)."""
+    # ------------------------------------------------------------ latent axes (the sliders)
+    @property
+    def latent_axes(self) -> np.ndarray:
+        """(num_axes, id_dim) orthonormal directions the sliders move along.
+
+        Up to MAX_AXES dimensions they are the identity's own dimensions (the paper's
+        Fig. 11 moves one of its 32); a wider identity is shown along the principal axes
+        of the trained rows, largest variance first (sign fixed: largest component > 0).
+        """
+        if self._axes is None:
+            d = self.preset.id_dim
+            if d <= MAX_AXES:
+                axes = np.eye(d, dtype=np.float32)
+            else:
+                rows = self.identity_table - self.identity_table.mean(0)
+                _, _, vt = np.linalg.svd(rows.astype(np.float64), full_matrices=False)
+                axes = vt[:MAX_AXES]
+                axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
+                axes = axes.astype(np.float32)
+            self._axes = axes
+        return self._axes
+
+    @property
+    def axes_are_dimensions(self) -> bool:
+        return self.preset.id_dim <= MAX_AXES
+
+    @property
+    def axis_spread(self) -> np.ndarray:
+        """(num_axes,) standard deviation of the trained identities along each axis."""
+        return (self.identity_table @ self.latent_axes.T).std(0)
+
+    def to_axes(self, identity) -> np.ndarray:
+        """One identity -> its (num_axes,) coordinates along `latent_axes`."""
+        v = self.resolve_identity(identity)
+        if len(v) != 1:
+            raise ValueError("to_axes takes one identity")
+        return (v[0] @ self.latent_axes.T).astype(np.float32)
+
+    def from_axes(self, coords, base) -> np.ndarray:
+        """The identity `base` with its coordinates along `latent_axes` set to `coords`; what
+        lies outside the axes' span is kept. -> (id_dim,)"""
+        v = self.resolve_identity(base)[0]
+        c = np.asarray(coords, dtype=np.float32)
+        if c.shape != (len(self.latent_axes),) or not np.isfinite(c).all():
+            raise ValueError(f"need {len(self.latent_axes)} finite axis coordinates")
+        return (v + (c - v @ self.latent_axes.T) @ self.latent_axes).astype(np.float32)
+
+    def vary(self, identity, axis: int, values: Sequence[float], seed: int = 0) -> list[Image.Image]:
+        """Move the identity along ONE latent axis through coordinates `values`, the noise fixed
+        (paper Fig. 11: for identities of up to 32 dimensions an axis is a dimension)."""
         base = self.resolve_identity(identity)
         if len(base) != 1:
             raise ValueError("vary takes one identity")
-        if not 0 <= dim < self.preset.id_dim:
-            raise ValueError(f"dim must lie in 0..{self.preset.id_dim - 1}")
-        ids = np.repeat(base, len(values), 0)
-        ids[:, dim] = np.asarray(values, dtype=np.float32)
-        return self.generate(ids, noise=self.noise(seed))
+        k = len(self.latent_axes)
+        if not 0 <= axis < k:
+            raise ValueError(f"axis (dim) must lie in 0..{k - 1}")
+        coords = self.to_axes(base)
+        ids = []
+        for value in values:
+            c = coords.copy()
+            c[axis] = float(value)
+            ids.append(self.from_axes(c, base))
+        return self.generate(np.stack(ids), noise=self.noise(seed))
 
     # ------------------------------------------------------------ inversion
     @torch.inference_mode()

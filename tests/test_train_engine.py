@@ -85,10 +85,43 @@ def test_sample_invert_roundtrip(engine):
 
 
 def test_vary_moves_one_dimension(engine):
-    imgs = engine.vary(0, dim=3, values=[-0.3, 0.0, 0.3], seed=1)
+    assert engine.axes_are_dimensions and np.array_equal(engine.latent_axes, np.eye(32))
+    imgs = engine.vary(0, 3, values=[-0.3, 0.0, 0.3], seed=1)
     assert len(imgs) == 3
+    moved = engine.identity_table[0].copy()
+    moved[3] = 0.3
+    assert np.array_equal(np.asarray(imgs[2]), np.asarray(engine.generate(moved, seed=1)[0]))
+    assert not np.array_equal(np.asarray(imgs[0]), np.asarray(imgs[2]))
     with pytest.raises(ValueError, match="dim"):
-        engine.vary(0, dim=32, values=[0.0])
+        engine.vary(0, 32, values=[0.0])
+
+
+def test_a_wide_identity_is_shown_along_its_principal_axes():
+    from reid_core.config import get_preset
+    from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder
+    p = get_preset("tiny", id_dim=48)
+    torch.manual_seed(0)
+    gen = IdentityUNet(sample_size=p.image_size, block_out_channels=p.channels, layers_per_block=1, id_dim=48,
+                       num_identities=60, conditioning="film", cond_dim=8, table_init_std=0.3)
+    with torch.no_grad():  # rows spread unevenly: a few directions carry most of the variance
+        gen.identity_embedding.weight.mul_(torch.linspace(3, 0.1, 48))
+    engine = ReIDEngine(p, gen, IdentityPrior(id_dim=48, hidden_dim=8, num_layers=1),
+                        IdentityEncoder(sample_size=p.image_size, block_out_channels=(8,), layers_per_block=1, id_dim=48),
+                        NoiseEncoder(sample_size=p.image_size, block_out_channels=(8, 16), layers_per_block=1),
+                        list(range(60)))
+    axes = engine.latent_axes
+    assert axes.shape == (32, 48) and not engine.axes_are_dimensions
+    np.testing.assert_allclose(axes @ axes.T, np.eye(32), atol=1e-5)
+    spread = engine.axis_spread
+    assert np.all(np.diff(spread) <= 1e-5)  # largest variance first
+    v = engine.identity_table[7]
+    c = engine.to_axes(v)
+    np.testing.assert_allclose(engine.from_axes(c, v), v, atol=1e-5)
+    c2 = c.copy()
+    c2[0] += 1.0
+    moved = engine.from_axes(c2, v)
+    np.testing.assert_allclose(moved - v, axes[0], atol=1e-5)  # exactly one axis moved, the rest kept
+    assert len(engine.vary(v, 0, [c[0] - 1, c[0] + 1])) == 2
 
 
 def test_search_and_nearest_identities(engine, synthetic_market):
