@@ -42,7 +42,9 @@ class Preset:
     gen_K: int = 0                                   # images per identity in a batch (0: uniform draws)
     gen_lr: float = 1e-4
     gen_warmup: int = 500
-    gen_loss: str = "l1"                             # "l1" (paper) or "mse" on the predicted noise
+    gen_loss: str = "l1"                             # "l1" (paper) or "mse" on the prediction
+    prediction_type: str = "epsilon"                 # "epsilon" (paper: the noise) or "v_prediction"
+    identity_map: bool = False                       # FiLM + a coarse spatial map drawn by the identity
     identity_dropout: float = 0.0                    # share of samples trained with the null identity (CFG)
     table_lr: float = 0.0                            # identity table's own Adam rate (0: gen_lr, as the paper)
     table_init_std: float = 0.0                      # N(0, std^2) rows (0: the paper's uniform +-0.05)
@@ -94,6 +96,7 @@ class Preset:
     baseline_widths: tuple[int, ...] = (32, 64, 128, 256)
     baseline_steps: int = 8_000
     baseline_lr: float = 3.5e-4
+    baseline_stem_stride: int = 2                    # 1 keeps full resolution into the first stage (4x the compute)
     baseline_pad: int = 4                            # pad-and-crop pixels
     baseline_erase: float = 0.0
     checkpoint_every: int = 500
@@ -146,7 +149,7 @@ _CPU = dict(
     prior_steps=4_000, noise_channels=(32, 64, 128), noise_layers_per_block=1, img2noise_steps=1_000,
     img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0, img2noise_real_images=1024,
     pose_steps=800, pose_batch=32, pose_lr=3e-4,
-    baseline_steps=4_700, checkpoint_every=100)
+    baseline_steps=4_700, baseline_stem_stride=1, checkpoint_every=100)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(name="tiny", recipe="joint", conditioning="film", gen_K=4, identity_dropout=0.1,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedule import make_inverse_scheduler, make_scheduler, noise_variance
+from .schedule import make_inverse_scheduler, make_scheduler, noise_variance, prediction_type
 
 
 def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor, guidance_scale: float = 1.0,
@@ -33,7 +33,7 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
     `grad=True` keeps the graph, so a loss on the output reaches `noise` (Img2Noise
     training backpropagates through the whole sampling chain, paper Sec. 4).
     """
-    sched = make_scheduler()
+    sched = make_scheduler(prediction_type=prediction_type(unet))
     sched.set_timesteps(steps, device=noise.device)
     x = noise
     b = noise.shape[0]
@@ -50,7 +50,7 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
 def ddim_invert(unet, image: torch.Tensor, identity: torch.Tensor, steps: int = 10,
                 extra_features_fn=None) -> torch.Tensor:
     """DDIM inversion: image + identity -> the noise that `ddim_sample` maps back to it."""
-    sched = make_inverse_scheduler()
+    sched = make_inverse_scheduler(prediction_type=prediction_type(unet))
     sched.set_timesteps(steps, device=image.device)
     x = image
     b = image.shape[0]

@@ -393,7 +393,7 @@ class ReIDEngine:
         images = list(images)
         out = []
         for i in range(0, len(images), batch_size):
-            out.append(self.img2id(self._batch(images[i:i + batch_size])).float().cpu().numpy())
+            out.append(self.img2id.embed(self._batch(images[i:i + batch_size])).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.preset.id_dim), np.float32)
 
     @torch.inference_mode()
@@ -402,7 +402,7 @@ class ReIDEngine:
         out = []
         for i in range(0, len(images_u8), batch_size):
             x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
-            out.append(self.img2id(x).float().cpu().numpy())
+            out.append(self.img2id.embed(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.preset.id_dim), np.float32)
 
     def _noise_of(self, x: torch.Tensor, ident: torch.Tensor, method: str) -> torch.Tensor:
@@ -425,7 +425,7 @@ class ReIDEngine:
         arr = to_array(img, self.image_size)
         x = to_tensor(arr[None]).to(self.device)
         ident = torch.from_numpy(self.resolve_identity(identity)).to(self.device) if identity is not None \
-            else self.img2id(to_tensor(to_array(img, self.embed_size)[None]).to(self.device)).float()
+            else self.img2id.embed(to_tensor(to_array(img, self.embed_size)[None]).to(self.device)).float()
         z = self._noise_of(x, ident, method)
         with self._sampling_precision():
             rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
@@ -444,7 +444,7 @@ class ReIDEngine:
         crops_u8 = images_u8 if crops_u8 is None else crops_u8
         for i in range(0, len(images_u8), batch_size):
             x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
-            ident = self.img2id(to_tensor(crops_u8[i:i + batch_size]).to(self.device)).float()
+            ident = self.img2id.embed(to_tensor(crops_u8[i:i + batch_size]).to(self.device)).float()
             z = self._noise_of(x, ident, method)
             with self._sampling_precision():
                 recs.append(to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps)))

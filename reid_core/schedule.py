@@ -34,20 +34,32 @@ def _betas(num_train_timesteps: int) -> list[float]:
     return (1.0 - acp / prev).tolist()
 
 
-def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDIMScheduler:
-    """Deterministic DDIM sampler (eta = 0) on the paper's schedule; predicts noise."""
+def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+                   prediction_type: str = "epsilon") -> DDIMScheduler:
+    """Deterministic DDIM sampler (eta = 0) on the paper's schedule.
+
+    `prediction_type`: what the denoiser predicts, "epsilon" (the paper: the noise) or
+    "v_prediction" (v = alpha * eps - sigma * x0, Salimans & Ho 2022).
+    """
     return DDIMScheduler(num_train_timesteps=num_train_timesteps,
                          trained_betas=_betas(num_train_timesteps), clip_sample=False,
                          set_alpha_to_one=True, timestep_spacing="trailing",
-                         prediction_type="epsilon")
+                         prediction_type=prediction_type)
 
 
-def make_inverse_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDIMInverseScheduler:
+def make_inverse_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+                           prediction_type: str = "epsilon") -> DDIMInverseScheduler:
     """DDIM inversion (image -> noise), the exact mirror of `make_scheduler`'s steps."""
     return DDIMInverseScheduler(num_train_timesteps=num_train_timesteps,
                                 trained_betas=_betas(num_train_timesteps), clip_sample=False,
                                 set_alpha_to_one=True, timestep_spacing="trailing",
-                                prediction_type="epsilon")
+                                prediction_type=prediction_type)
+
+
+def prediction_type(model) -> str:
+    """What a denoiser predicts: its config's `prediction_type`, the paper's noise otherwise."""
+    config = getattr(model, "config", None)
+    return getattr(config, "prediction_type", "epsilon") if config is not None else "epsilon"
 
 
 def noise_variance(scheduler, timesteps: torch.Tensor) -> torch.Tensor:

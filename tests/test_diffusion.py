@@ -141,3 +141,26 @@ def test_imagenet_mobilenetv2_loads_strictly_into_img2id():
     enc.trunk.load_state_dict(state, strict=True)
     assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == 2_223_872
     assert enc.pooled(torch.zeros(2, 3, 128, 64)).shape == (2, 1280)
+
+
+class _Oracle(torch.nn.Module):
+    """Knows the clean image: returns the exact noise (or v) for any x_t, as a perfect denoiser would."""
+
+    def __init__(self, x0, prediction_type):
+        super().__init__()
+        self.x0 = x0
+        self.config = type("Config", (), {"prediction_type": prediction_type})()
+
+    def forward(self, x, noise_var, identity, extra_features=None, drop_identity=None):
+        sigma = noise_var.sqrt()[:, None, None, None]
+        alpha = (1 - noise_var).sqrt()[:, None, None, None]
+        eps = (x - alpha * self.x0) / sigma
+        return eps if self.config.prediction_type == "epsilon" else alpha * eps - sigma * self.x0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_with_a_perfect_denoiser_lands_on_the_image(prediction_type):
+    x0 = torch.rand(2, 3, 8, 4) * 1.6 - 0.8
+    noise = torch.randn(2, 3, 8, 4, generator=torch.Generator().manual_seed(0))
+    out = ddim_sample(_Oracle(x0, prediction_type), torch.zeros(2, 4), noise, steps=10)
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)

@@ -90,3 +90,10 @@ class IdentityEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.identity(self.pooled(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The test-time identity: the image's and its mirror image's averaged (as BoT does),
+        back on the unit sphere when identities live there. (B, 3, H, W) -> (B, id_dim)."""
+        f = self(torch.cat([x, x.flip(3)]))
+        f = f[:len(x)] + f[len(x):]
+        return F.normalize(f, dim=1) if self.config.normalize else f / 2

@@ -113,9 +113,11 @@ class UNetBody(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, feats: torch.Tensor, cond: torch.Tensor | None = None,
-                input_extra: list[torch.Tensor] = (), level_extra: torch.Tensor | None = None) -> torch.Tensor:
+                input_extra: list[torch.Tensor] = (), level_extra: torch.Tensor | None = None,
+                mid_extra: torch.Tensor | None = None) -> torch.Tensor:
         """feats: stem output (B, c0, H, W); cond (B, cond_dim) for FiLM; `input_extra` maps to
-        concatenate after the stem; `level_extra` (B, D) vector broadcast after each down-sampling."""
+        concatenate after the stem; `level_extra` (B, D) vector broadcast after each down-sampling;
+        `mid_extra` a map added to the input of the middle blocks."""
         x = torch.cat([feats, *input_extra], dim=1) if input_extra else feats
         skips = []
         for blocks in self.down:
@@ -125,6 +127,8 @@ class UNetBody(nn.Module):
             x = F.avg_pool2d(x, 2)
             if level_extra is not None:
                 x = torch.cat([x, *_broadcast(level_extra, x.shape[2], x.shape[3])], dim=1)
+        if mid_extra is not None:
+            x = x + mid_extra
         for block in self.mid:
             x = block(x, cond)
         for blocks in self.up:
@@ -158,6 +162,12 @@ class IdentityUNet(ModelMixin, ConfigMixin):
             joint recipe, where rows are Img2ID's cosine prototypes).
         identity_scale: FiLM multiplies the identity by this before its MLP; sqrt(id_dim) gives
             unit-length identities unit variance per dimension, as strong as the noise level's.
+        identity_map: FiLM only: the identity also draws a coarse spatial map (the bottleneck's
+            size, `identity_map_channels` deep) added before the middle blocks, so it can say
+            where colours go (a red top over dark trousers), which per-channel FiLM cannot.
+        prediction_type: what the output is, "epsilon" (the paper: the noise) or "v_prediction"
+            (v = alpha * eps - sigma * x0: at high noise it is the image itself, so identity
+            shapes the loss at every noise level).
     """
 
     @register_to_config
@@ -166,13 +176,18 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                  layers_per_block: int = 2, id_dim: int = 32, num_identities: int = 0,
                  noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
                  cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False,
-                 identity_scale: float = 1.0):
+                 identity_scale: float = 1.0, prediction_type: str = "epsilon", identity_map: bool = False,
+                 identity_map_channels: int = 16):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
         if id_dim < 1 or noise_embedding_dim < 2:
             raise ValueError("id_dim and noise_embedding_dim must be positive")
         _check_size(sample_size, len(block_out_channels))
+        levels = len(block_out_channels)
+        h, w = sample_size
         self.identity_embedding = nn.Embedding(num_identities, id_dim) if num_identities else None
         if self.identity_embedding is not None:
             if table_init_std > 0:
@@ -191,6 +206,13 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                              norm_groups, cond_dim if film else 0,
                              input_extra=0 if film else noise_embedding_dim + id_dim,
                              level_extra=0 if film else id_dim)
+        if identity_map:
+            if not film:
+                raise ValueError("identity_map needs conditioning='film'")
+            down = 2 ** (levels - 1)
+            self.map_size = (h // down, w // down)
+            self.identity_layout = nn.Linear(cond_dim, identity_map_channels * self.map_size[0] * self.map_size[1])
+            self.identity_layout_proj = nn.Conv2d(identity_map_channels, block_out_channels[-2], 1)
 
     @property
     def supports_guidance(self) -> bool:
@@ -224,8 +246,13 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         if cfg.conditioning == "film":
             if drop_identity is not None:
                 ident = torch.where(drop_identity[:, None], self.null_identity.to(x.dtype), ident)
-            cond = F.silu(self.noise_mlp(noise_emb) + self.identity_mlp(ident * cfg.identity_scale))
-            return self.body(feats, cond)
+            id_emb = self.identity_mlp(ident * cfg.identity_scale)
+            cond = F.silu(self.noise_mlp(noise_emb) + id_emb)
+            mid_extra = None
+            if cfg.identity_map:
+                m = self.identity_layout(F.silu(id_emb)).view(b, -1, *self.map_size)
+                mid_extra = self.identity_layout_proj(m)
+            return self.body(feats, cond, mid_extra=mid_extra)
         if drop_identity is not None:
             raise ValueError("identity dropout needs conditioning='film'")
         return self.body(feats, input_extra=[*_broadcast(noise_emb, h, w), *_broadcast(ident, h, w)],

@@ -23,7 +23,7 @@ from .loop import TrainLoop, warmup_steps
 def new_baseline(preset: Preset, num_ids: int) -> BaselineNet:
     return BaselineNet(sample_size=tuple(preset.image_size), num_classes=num_ids,
                        widths=tuple(preset.baseline_widths),
-                       blocks_per_stage=(1,) * len(preset.baseline_widths))
+                       blocks_per_stage=(1,) * len(preset.baseline_widths), stem_stride=preset.baseline_stem_stride)
 
 
 def train_baseline(data: TrainData, preset: Preset, out: Path, *, init: Path | None = None, device: str = "cpu",

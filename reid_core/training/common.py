@@ -58,7 +58,8 @@ def new_generator(preset: Preset, num_ids: int) -> IdentityUNet:
                         layers_per_block=preset.layers_per_block, id_dim=preset.id_dim,
                         num_identities=num_ids, conditioning=preset.conditioning, cond_dim=preset.cond_dim,
                         table_init_std=preset.table_init_std, normalize_table=preset.recipe == "joint",
-                        identity_scale=preset.id_dim ** 0.5 if preset.recipe == "joint" else 1.0)
+                        identity_scale=preset.id_dim ** 0.5 if preset.recipe == "joint" else 1.0,
+                        prediction_type=preset.prediction_type, identity_map=preset.identity_map)
 
 
 def new_img2id(preset: Preset) -> IdentityEncoder:
@@ -73,13 +74,22 @@ def start_weights(model, init: Path | None, component: str, imagenet: bool = Fal
     start for a MobileNetV2 Img2ID, else leave the fresh initialisation."""
     if init is not None and has_component(init, component):
         src = load_component(init, component)
-        ours = {k: v for k, v in model.config.items() if not k.startswith("_")}
-        theirs = {k: v for k, v in src.config.items() if not k.startswith("_")}
-        diff = sorted(k for k in ours if _plain(ours[k]) != _plain(theirs.get(k)))
-        if diff:
-            raise ValueError(f"--init {init}/{component} was trained with other {', '.join(diff)}: "
-                             f"it cannot start this preset's {component}")
-        model.load_state_dict(src.state_dict())
+        ours, theirs = model.state_dict(), src.state_dict()
+        # weights the init has and this model lacks, or has in another shape, cannot start it;
+        # parts this model adds (a new module) keep their fresh initialisation
+        misfit = sorted(set(theirs) - set(ours)) + sorted(k for k in set(ours) & set(theirs)
+                                                          if ours[k].shape != theirs[k].shape)
+        if misfit:
+            a = {k: v for k, v in model.config.items() if not k.startswith("_")}
+            b = {k: v for k, v in src.config.items() if not k.startswith("_")}
+            diff = sorted(k for k in a if _plain(a[k]) != _plain(b.get(k)))
+            raise ValueError(f"--init {init}/{component} does not fit this preset's {component} "
+                             f"(other {', '.join(diff) or 'weights'}; e.g. {misfit[0]})")
+        # the preset's config wins where it changes no weight (e.g. what the output predicts)
+        fresh = sorted(set(ours) - set(theirs))
+        if fresh:
+            print(f"--init: {component} starts {len(fresh)} new tensors afresh ({fresh[0]}, ...)")
+        model.load_state_dict({**ours, **theirs})
         return model
     if imagenet and getattr(model.config, "backbone", None) == "mobilenetv2":
         from ..pretrained import mobilenetv2_imagenet_state
@@ -96,13 +106,16 @@ def _plain(v):
 def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: torch.Generator,
                    loss: str = "l1", drop_identity: torch.Tensor | None = None,
                    extra_features: torch.Tensor | None = None) -> torch.Tensor:
-    """Paper Sec. 3: noise x0 at a uniform random level, predict the noise, L1 (or MSE)."""
+    """Paper Sec. 3: noise x0 at a uniform random level, predict the noise (or v, as the
+    model's `prediction_type` says), L1 (or MSE)."""
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(x0),), generator=gen)
     eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-    x_t = sched.add_noise(x0, eps, t.to(x0.device))
+    tt = t.to(x0.device)
+    x_t = sched.add_noise(x0, eps, tt)
+    target = sched.get_velocity(x0, eps, tt) if unet.config.prediction_type == "v_prediction" else eps
     pred = unet(x_t, noise_variance(sched, t).to(x0.device), identity, extra_features=extra_features,
                 drop_identity=drop_identity)
-    return F.l1_loss(pred.float(), eps) if loss == "l1" else F.mse_loss(pred.float(), eps)
+    return F.l1_loss(pred.float(), target) if loss == "l1" else F.mse_loss(pred.float(), target)
 
 
 def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

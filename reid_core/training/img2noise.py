@@ -28,7 +28,7 @@ from .loop import TrainLoop, warmup_cosine
 def embed_crops(img2id, crops: np.ndarray, device: str, batch: int = 256) -> torch.Tensor:
     was = img2id.training
     img2id.eval()
-    out = torch.cat([img2id(crops_tensor(crops, np.arange(i, min(i + batch, len(crops)))).to(device)).float().cpu()
+    out = torch.cat([img2id.embed(crops_tensor(crops, np.arange(i, min(i + batch, len(crops)))).to(device)).float().cpu()
                      for i in range(0, len(crops), batch)])
     img2id.train(was)
     return out

@@ -125,7 +125,7 @@ def build_pose_library(images_u8: np.ndarray, labels: np.ndarray, paths: list[st
     from sklearn.cluster import KMeans
     from ..pose import normalised_pose
     with torch.inference_mode():
-        feats = torch.cat([img2id(to_tensor(images_u8[i:i + 256]).to(device)).float().cpu()
+        feats = torch.cat([img2id.embed(to_tensor(images_u8[i:i + 256]).to(device)).float().cpu()
                            for i in range(0, len(images_u8), 256)]).numpy()
     reps, rep_idx = [], []
     for lab in np.unique(labels):
