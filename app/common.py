@@ -126,6 +126,11 @@ def axis_word(engine) -> str:
     return "dim" if engine.axes_are_dimensions else "axis"
 
 
+def axes_title(engine) -> str:
+    """The sliders' kind, plural, for captions."""
+    return "Dimensions" if engine.axes_are_dimensions else "Principal axes"
+
+
 # ---------------------------------------------------------------- per-visitor gallery
 @dataclass
 class UploadGallery:
@@ -241,7 +246,8 @@ def sensitivity_figure(sens: np.ndarray, dimensions: bool = True):
     fig = go.Figure(go.Bar(x=list(range(len(s))), y=s,
                            marker_color=["#f18f01" if i in top else "#9aa5b1" for i in range(len(s))],
                            hovertemplate=word + " %{x}: %{y:.2f}<extra></extra>"))
-    fig.update_layout(title=f"Which {word}s move the picture (mean |pixel change| for ±1 sd of the training identities)",
+    kind = "dimensions" if dimensions else "principal axes"
+    fig.update_layout(title=f"Which {kind} move the picture (mean |pixel change| for ±1 sd of the training identities)",
                       xaxis_title="dimension" if dimensions else "principal axis", yaxis_title="mean |Δ pixel| (0-255)",
                       height=300,
                       margin=dict(l=50, r=20, t=50, b=40), template="plotly_white")

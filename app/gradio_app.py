@@ -295,8 +295,8 @@ class ReIDApp:
     # ------------------------------------------------------------ latent sliders
     def _coords(self, vector: np.ndarray) -> list[float]:
         """An identity's slider positions: its coordinates along the latent axes, in range."""
-        c = np.clip(self.engine.to_axes(vector), self.ranges[:, 0], self.ranges[:, 1])
-        return [round(float(x), 4) for x in c]
+        c = np.clip(np.round(self.engine.to_axes(vector).astype(np.float64), 4), self.ranges[:, 0], self.ranges[:, 1])
+        return [float(x) for x in c]
 
     def _loaded(self, noise_seed, vector, caption: str):
         base = [float(x) for x in np.asarray(vector, np.float32)]
@@ -353,7 +353,7 @@ class ReIDApp:
     def _sensitivity_outputs(self, sens):
         top = np.argsort(-sens)[:5]
         return (common.sensitivity_figure(sens, self.engine.axes_are_dimensions),
-                f"{common.axis_word(self.engine).capitalize()}s that move this picture most: "
+                f"{common.axes_title(self.engine)} that move this picture most: "
                 + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
 
     @_plain_errors
@@ -362,8 +362,8 @@ class ReIDApp:
         sens = cached_sensitivity(self.engine, self._vector(base, values), seed=common.check_seed(noise_seed))
         if sens is None:
             k = len(self.ranges)
-            return gr.skip(), (f"Which {common.axis_word(self.engine)}s move this picture most? Click **Which "
-                               f"dimensions matter?** ({2 * k + 1} generations, then cached).")
+            return gr.skip(), (f"Which {common.axes_title(self.engine).lower()} move this picture most? Click "
+                               f"**Which dimensions matter?** ({2 * k + 1} generations, then cached).")
         return self._sensitivity_outputs(sens)
 
     # ------------------------------------------------------------ re-identify

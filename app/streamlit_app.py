@@ -221,9 +221,9 @@ def tab_invert(engine, scale):
 
 def _set_sliders(engine, vector, ranges):
     """Put an identity on the sliders: its coordinates along the latent axes; keep the vector."""
-    coords = np.clip(engine.to_axes(vector), ranges[:, 0], ranges[:, 1])
+    coords = np.clip(np.round(engine.to_axes(vector).astype(np.float64), 4), ranges[:, 0], ranges[:, 1])
     for d, v in enumerate(coords):
-        st.session_state[f"lat-dim-{d}"] = round(float(v), 4)
+        st.session_state[f"lat-dim-{d}"] = float(v)
     st.session_state["lat-base"] = [float(x) for x in np.asarray(vector, np.float32)]
 
 
@@ -269,7 +269,7 @@ def tab_sliders(engine, scale):
         bar.empty()
     if sens is not None:
         top = np.argsort(-sens)[:5]
-        st.markdown(f"{word.capitalize()}s that move this picture most: "
+        st.markdown(f"{common.axes_title(engine)} that move this picture most: "
                     + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
         st.plotly_chart(common.sensitivity_figure(sens, engine.axes_are_dimensions), key="lat-sens")
 

@@ -104,9 +104,9 @@ def slider_ranges(engine, sds: float = 3.0) -> np.ndarray:
     except Exception:  # noqa: BLE001 - a prior that cannot sample leaves the table's range
         pass
     mean, sd = coords.mean(0), coords.std(0)
-    lo = np.minimum(mean - sds * sd, coords.min(0))
-    hi = np.maximum(mean + sds * sd, coords.max(0))
-    return np.stack([lo, hi], 1).astype(np.float32)
+    lo = np.floor(np.minimum(mean - sds * sd, coords.min(0)) * 1000) / 1000  # round numbers, outward
+    hi = np.ceil(np.maximum(mean + sds * sd, coords.max(0)) * 1000) / 1000
+    return np.stack([lo, hi], 1).astype(np.float64)
 
 
 def cached_sensitivity(engine, identity, seed: int = 0, delta: float | None = None,
