@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-REQUIRED = ("preset.json", "generator/config.json", "prior/config.json", "img2id/config.json",
-            "img2noise/config.json")
 EXCLUDE = ("checkpoints/*", "*/__pycache__/*", "__pycache__/*", ".*", "*/.*", "*.pt", "*.pth", "*.ckpt",
            "*.pkl", "*.pickle", "*.tmp*", "*.lock")
 
@@ -105,7 +103,8 @@ def plan_upload(weights, repo_id: str, private: bool = False, revision: str = "m
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise PublishError(f"invalid repo id {repo_id!r}: {e}") from None
-    missing = [r for r in REQUIRED if not (weights / r).is_file()]
+    from reid_core.weights import missing as missing_parts
+    missing = missing_parts(weights)
     if missing:
         raise PublishError(f"{weights} is not a complete weights folder: missing {', '.join(missing)}")
     if not revision:
