@@ -44,7 +44,9 @@ class Preset:
     gen_warmup: int = 500
     gen_loss: str = "l1"                             # "l1" (paper) or "mse" on the prediction
     prediction_type: str = "epsilon"                 # "epsilon" (paper: the noise) or "v_prediction"
-    identity_map: bool = False                       # FiLM + a coarse spatial map drawn by the identity
+    identity_map_levels: int = 0                     # FiLM + spatial maps drawn by the identity at the coarsest levels
+    identity_map_channels: int = 16
+    snr_gamma: float = 0.0                           # Min-SNR-gamma loss weights (0: the paper's uniform)
     identity_dropout: float = 0.0                    # share of samples trained with the null identity (CFG)
     table_lr: float = 0.0                            # identity table's own Adam rate (0: gen_lr, as the paper)
     table_init_std: float = 0.0                      # N(0, std^2) rows (0: the paper's uniform +-0.05)

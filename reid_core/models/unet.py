@@ -114,21 +114,24 @@ class UNetBody(nn.Module):
 
     def forward(self, feats: torch.Tensor, cond: torch.Tensor | None = None,
                 input_extra: list[torch.Tensor] = (), level_extra: torch.Tensor | None = None,
-                mid_extra: torch.Tensor | None = None) -> torch.Tensor:
+                maps: dict | None = None) -> torch.Tensor:
         """feats: stem output (B, c0, H, W); cond (B, cond_dim) for FiLM; `input_extra` maps to
         concatenate after the stem; `level_extra` (B, D) vector broadcast after each down-sampling;
-        `mid_extra` a map added to the input of the middle blocks."""
+        `maps` {resolution r: map} added to the features entering level r (the middle at the last)."""
+        maps = maps or {}
         x = torch.cat([feats, *input_extra], dim=1) if input_extra else feats
         skips = []
-        for blocks in self.down:
+        for r, blocks in enumerate(self.down):
+            if r in maps:
+                x = x + maps[r]
             for block in blocks:
                 x = block(x, cond)
                 skips.append(x)
             x = F.avg_pool2d(x, 2)
             if level_extra is not None:
                 x = torch.cat([x, *_broadcast(level_extra, x.shape[2], x.shape[3])], dim=1)
-        if mid_extra is not None:
-            x = x + mid_extra
+        if len(self.down) in maps:
+            x = x + maps[len(self.down)]
         for block in self.mid:
             x = block(x, cond)
         for blocks in self.up:
@@ -162,9 +165,10 @@ class IdentityUNet(ModelMixin, ConfigMixin):
             joint recipe, where rows are Img2ID's cosine prototypes).
         identity_scale: FiLM multiplies the identity by this before its MLP; sqrt(id_dim) gives
             unit-length identities unit variance per dimension, as strong as the noise level's.
-        identity_map: FiLM only: the identity also draws a coarse spatial map (the bottleneck's
-            size, `identity_map_channels` deep) added before the middle blocks, so it can say
-            where colours go (a red top over dark trousers), which per-channel FiLM cannot.
+        identity_map_levels: FiLM only: at this many of the coarsest levels (the bottleneck
+            first) the identity also draws a spatial map, `identity_map_channels` deep, added to
+            the features there, so it can say where colours go (a red top over dark trousers),
+            which per-channel FiLM cannot.
         prediction_type: what the output is, "epsilon" (the paper: the noise) or "v_prediction"
             (v = alpha * eps - sigma * x0: at high noise it is the image itself, so identity
             shapes the loss at every noise level).
@@ -176,7 +180,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                  layers_per_block: int = 2, id_dim: int = 32, num_identities: int = 0,
                  noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
                  cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False,
-                 identity_scale: float = 1.0, prediction_type: str = "epsilon", identity_map: bool = False,
+                 identity_scale: float = 1.0, prediction_type: str = "epsilon", identity_map_levels: int = 0,
                  identity_map_channels: int = 16):
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -206,13 +210,17 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                              norm_groups, cond_dim if film else 0,
                              input_extra=0 if film else noise_embedding_dim + id_dim,
                              level_extra=0 if film else id_dim)
-        if identity_map:
+        if identity_map_levels:
             if not film:
-                raise ValueError("identity_map needs conditioning='film'")
-            down = 2 ** (levels - 1)
-            self.map_size = (h // down, w // down)
-            self.identity_layout = nn.Linear(cond_dim, identity_map_channels * self.map_size[0] * self.map_size[1])
-            self.identity_layout_proj = nn.Conv2d(identity_map_channels, block_out_channels[-2], 1)
+                raise ValueError("identity maps need conditioning='film'")
+            if not 0 < identity_map_levels < levels:
+                raise ValueError(f"identity_map_levels must lie in 1..{levels - 1}")
+            # resolution r (0: full) is where the identity's map joins; the coarsest first
+            self.map_levels = [levels - 1 - j for j in range(identity_map_levels)]
+            self.identity_maps = nn.ModuleList(
+                nn.Linear(cond_dim, identity_map_channels * (h >> r) * (w >> r)) for r in self.map_levels)
+            self.identity_map_proj = nn.ModuleList(
+                nn.Conv2d(identity_map_channels, block_out_channels[r - 1], 1) for r in self.map_levels)
 
     @property
     def supports_guidance(self) -> bool:
@@ -248,11 +256,11 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                 ident = torch.where(drop_identity[:, None], self.null_identity.to(x.dtype), ident)
             id_emb = self.identity_mlp(ident * cfg.identity_scale)
             cond = F.silu(self.noise_mlp(noise_emb) + id_emb)
-            mid_extra = None
-            if cfg.identity_map:
-                m = self.identity_layout(F.silu(id_emb)).view(b, -1, *self.map_size)
-                mid_extra = self.identity_layout_proj(m)
-            return self.body(feats, cond, mid_extra=mid_extra)
+            maps = {}
+            for r, lin, proj in zip(getattr(self, "map_levels", ()), getattr(self, "identity_maps", ()),
+                                    getattr(self, "identity_map_proj", ())):
+                maps[r] = proj(lin(F.silu(id_emb)).view(b, -1, h >> r, w >> r))
+            return self.body(feats, cond, maps=maps)
         if drop_identity is not None:
             raise ValueError("identity dropout needs conditioning='film'")
         return self.body(feats, input_extra=[*_broadcast(noise_emb, h, w), *_broadcast(ident, h, w)],

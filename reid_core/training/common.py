@@ -59,7 +59,8 @@ def new_generator(preset: Preset, num_ids: int) -> IdentityUNet:
                         num_identities=num_ids, conditioning=preset.conditioning, cond_dim=preset.cond_dim,
                         table_init_std=preset.table_init_std, normalize_table=preset.recipe == "joint",
                         identity_scale=preset.id_dim ** 0.5 if preset.recipe == "joint" else 1.0,
-                        prediction_type=preset.prediction_type, identity_map=preset.identity_map)
+                        prediction_type=preset.prediction_type, identity_map_levels=preset.identity_map_levels,
+                        identity_map_channels=preset.identity_map_channels)
 
 
 def new_img2id(preset: Preset) -> IdentityEncoder:
@@ -105,17 +106,29 @@ def _plain(v):
 
 def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: torch.Generator,
                    loss: str = "l1", drop_identity: torch.Tensor | None = None,
-                   extra_features: torch.Tensor | None = None) -> torch.Tensor:
+                   extra_features: torch.Tensor | None = None, snr_gamma: float = 0.0) -> torch.Tensor:
     """Paper Sec. 3: noise x0 at a uniform random level, predict the noise (or v, as the
-    model's `prediction_type` says), L1 (or MSE)."""
+    model's `prediction_type` says), L1 (or MSE).
+
+    `snr_gamma` > 0 weighs each sample by Min-SNR-gamma (Hang et al. 2023), which keeps the
+    many nearly clean levels from dominating: min(SNR, gamma) / SNR for the noise,
+    min(SNR, gamma) / (SNR + 1) for v.
+    """
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(x0),), generator=gen)
     eps = torch.randn(x0.shape, generator=gen).to(x0.device)
     tt = t.to(x0.device)
     x_t = sched.add_noise(x0, eps, tt)
-    target = sched.get_velocity(x0, eps, tt) if unet.config.prediction_type == "v_prediction" else eps
+    v_pred = unet.config.prediction_type == "v_prediction"
+    target = sched.get_velocity(x0, eps, tt) if v_pred else eps
     pred = unet(x_t, noise_variance(sched, t).to(x0.device), identity, extra_features=extra_features,
                 drop_identity=drop_identity)
-    return F.l1_loss(pred.float(), target) if loss == "l1" else F.mse_loss(pred.float(), target)
+    err = (pred.float() - target).abs() if loss == "l1" else (pred.float() - target) ** 2
+    err = err.mean(dim=(1, 2, 3))
+    if snr_gamma:
+        acp = sched.alphas_cumprod.to(x0.device)[tt].float()
+        snr = acp / (1 - acp)
+        err = err * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
+    return err.mean()
 
 
 def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

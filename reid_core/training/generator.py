@@ -60,7 +60,7 @@ def train_generator(data: TrainData, preset: Preset, out: Path, *, init: Path | 
         emb = gen.identity_rows(labels[idx].to(device))
         drop = (torch.rand(len(idx), generator=g) < preset.identity_dropout).to(device) \
             if preset.identity_dropout else None
-        diff = diffusion_loss(gen, sched, x0, emb, g, preset.gen_loss, drop)
+        diff = diffusion_loss(gen, sched, x0, emb, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma)
         return {"loss": diff + preset.emb_pull * emb.pow(2).mean(), "diffusion": diff}
 
     history = loop.run(step_fn)

@@ -66,7 +66,7 @@ def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor
     c = torch.where(own[:, None], f, c)
     drop = (torch.rand(len(y), generator=g) < preset.identity_dropout).to(x0.device) \
         if preset.identity_dropout else None
-    diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop)
+    diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma)
     return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
 
 

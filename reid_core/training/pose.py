@@ -104,7 +104,7 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
             if preset.uses_guidance else None
         feats = enc(skel) * keep[:, None, None, None]
         loss = diffusion_loss(gen, sched, x0, gen.identity_rows(labels[idx].to(device)), g, preset.gen_loss,
-                              drop, extra_features=feats)
+                              drop, extra_features=feats, snr_gamma=preset.snr_gamma)
         return {"loss": loss}
 
     history = loop.run(step_fn)
