@@ -32,6 +32,7 @@ class Preset:
     seed: int = 0
     sample_steps: int = 10                           # DDIM steps of the generator
     guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
+    guidance_steps: int = 0                          # ... on the first so many DDIM steps (0: all)
     # generator (paper: channels [48, 96, 192, 384], 2 blocks per level, L1 on noise)
     channels: tuple[int, ...] = (48, 96, 192, 384)
     layers_per_block: int = 2

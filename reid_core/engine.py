@@ -134,6 +134,7 @@ class ReIDEngine:
         self.identity_table = generator.identity_rows().detach().float().cpu().numpy()
         # classifier-free guidance only where the generator learned a null identity
         self.guidance_scale = float(preset.guidance_scale) if generator.supports_guidance else 1.0
+        self.guidance_steps = preset.guidance_steps or None
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
@@ -254,7 +255,8 @@ class ReIDEngine:
             net, extra_fn = self.pose_generator, (lambda: feats)
         with self._sampling_precision():
             x = ddim_sample(net, torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device),
-                            steps, extra_features_fn=extra_fn, guidance_scale=self.guidance_scale)
+                            steps, extra_features_fn=extra_fn, guidance_scale=self.guidance_scale,
+                            guidance_steps=self.guidance_steps)
         return [Image.fromarray(a) for a in to_uint8(x)]
 
     # ------------------------------------------------------------ poses

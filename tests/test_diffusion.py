@@ -164,3 +164,17 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_image(prediction_type):
     noise = torch.randn(2, 3, 8, 4, generator=torch.Generator().manual_seed(0))
     out = ddim_sample(_Oracle(x0, prediction_type), torch.zeros(2, 4), noise, steps=10)
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+def test_guidance_on_the_first_steps_only():
+    torch.manual_seed(0)
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+                        conditioning="film", cond_dim=8).eval()
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    ident, noise = torch.randn(1, 4), torch.randn(1, 3, 16, 8, generator=torch.Generator().manual_seed(2))
+    plain = ddim_sample(unet, ident, noise)
+    full = ddim_sample(unet, ident, noise, guidance_scale=3.0)
+    assert torch.equal(ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_steps=10), full)
+    assert torch.equal(ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_steps=0), plain)
+    partial = ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_steps=5)
+    assert not torch.equal(partial, plain) and not torch.equal(partial, full)
