@@ -160,9 +160,10 @@ PRESETS: dict[str, Preset] = {
     "tiny_paper": Preset(name="tiny_paper", **_TINY),
     "cpu": Preset(
         name="cpu", recipe="joint", id_dim=256, conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
-        gen_lr=1e-3, gen_warmup=100, identity_dropout=0.1, guidance_scale=1.0, table_lr=1e-3,
+        gen_lr=1e-3, gen_warmup=100, prediction_type="v_prediction", identity_map_levels=1,
+        identity_map_channels=16, identity_dropout=0.1, guidance_scale=3.0, guidance_steps=10, table_lr=1e-3,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
-        **_CPU),
+        snapshot_every=500, **_CPU),
     "paper_cpu": Preset(
         name="paper_cpu", gen_steps=3_000, gen_batch=32, gen_lr=5e-4, gen_warmup=200,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,

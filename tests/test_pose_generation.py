@@ -55,7 +55,7 @@ def test_pose_errors_are_plain(engine):
 def test_zero_initialised_guider_starts_from_the_identity_only_generator():
     torch.manual_seed(0)
     unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4)
-    torch.nn.init.normal_(unet.head.weight, std=0.1)
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
     enc = PoseEncoder(render_scale=2, out_channels=8)
     x, var, ident = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
     feats = enc(torch.rand(2, 3, 32, 16) * 2 - 1)
