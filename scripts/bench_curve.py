@@ -1,10 +1,14 @@
 """Time to quality: Img2ID mAP and identity consistency against training minutes.
 
     python scripts/bench_curve.py --run runs/cpu [--judge weights] [--data ../shared/datasets/cuhk03-pair1]
+    python scripts/bench_curve.py --run runs/a:1500 runs/b runs/c --judge runs/judge --steps 500 1500 ...
 
-Evaluates every snapshot a run kept (`--set snapshot_every=N` while training; see
+Evaluates the snapshots a run kept (`--set snapshot_every=N` while training; see
 reid_core/training/snapshots.py): Img2ID's mAP / Rank-1 on the test split (Market
 protocol) and the judge's top-1 on generated images of a spread of training identities.
+Several runs make a chain, each continued from the one before with `--init`: their
+minutes add up, and `RUN:STEP` keeps a run's snapshots only up to the step the next
+run started from.
 Writes docs/time_to_quality.json and the plot docs/img/time_to_quality.png, so anyone
 can see how far more CPU time would go.
 """
@@ -30,12 +34,35 @@ from reid_core.weights import load_component  # noqa: E402
 
 
 def snapshot_engine(snapshot: Path, run: Path) -> ReIDEngine:
-    """An engine on a snapshot's generator and Img2ID (the run's final prior and Img2Noise
-    fill the other places; nothing measured here uses them)."""
+    """An engine on a snapshot's generator and Img2ID. Nothing measured here uses the prior
+    or Img2Noise: the run's own fill their places, or untrained ones while it has none."""
+    from reid_core.models import IdentityPrior, NoiseEncoder
+    from reid_core.weights import has_component
     preset = Preset.load(run / "preset.json")
     pids = json.loads((run / "identities.json").read_text())["pids"]
-    return ReIDEngine(preset, load_component(snapshot, "generator"), load_component(run, "prior"),
-                      load_component(snapshot, "img2id"), load_component(run, "img2noise"), pids)
+    prior = (load_component(run, "prior") if has_component(run, "prior")
+             else IdentityPrior(id_dim=preset.id_dim, hidden_dim=8, num_layers=1))
+    img2noise = (load_component(run, "img2noise") if has_component(run, "img2noise")
+                 else NoiseEncoder(sample_size=preset.image_size, block_out_channels=(8, 16), layers_per_block=1))
+    return ReIDEngine(preset, load_component(snapshot, "generator"), prior,
+                      load_component(snapshot, "img2id"), img2noise, pids)
+
+
+def chain_snapshots(runs: list[str]) -> list[tuple[Path, Path, int, float]]:
+    """(snapshot, run, step, minutes since the chain began) for a chain of runs `RUN[:STEP]`."""
+    out, offset = [], 0.0
+    for spec in runs:
+        run, _, upto = spec.partition(":")
+        run = Path(run)
+        last = 0.0
+        for snap in list_snapshots(run):
+            meta = json.loads((snap / "meta.json").read_text())
+            if upto and meta["step"] > int(upto):
+                continue
+            out.append((snap, run, meta["step"], offset + meta["minutes"]))
+            last = max(last, meta["minutes"])
+        offset += last
+    return out
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -60,7 +87,10 @@ def plot(points: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--run", nargs="+", required=True,
+                    help="a run, or a chain of runs each continued from the last (RUN or RUN:LAST_STEP)")
+    ap.add_argument("--every", type=int, default=1,
+                    help="evaluate every n-th snapshot of the chain (and always the last)")
     ap.add_argument("--judge", type=Path, default=None, help="weights folder whose baseline judges (default: --run)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03-pair1")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
@@ -69,20 +99,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    judge = load_component(a.judge or a.run, "baseline")
+    judge = load_component(a.judge or Path(a.run[-1].partition(":")[0]), "baseline")
+    chain = chain_snapshots(a.run)
+    chain = [c for i, c in enumerate(chain) if i % a.every == 0 or i == len(chain) - 1]
+    # points already measured (same run and step) are kept, so a chain can grow run by run
+    saved = a.out / "time_to_quality.json"
+    known = {(p["run"], p["step"]): p for p in json.loads(saved.read_text())["points"]} if saved.exists() else {}
     points = []
-    for snap in list_snapshots(a.run):
-        meta = json.loads((snap / "meta.json").read_text())
+    for snap, run, step, minutes in chain:
+        meta = {"run": str(run), "step": step, "minutes": round(minutes, 3)}
+        if (str(run), step) in known:
+            points.append({**known[(str(run), step)], **meta})
+            continue
         t0 = time.perf_counter()
-        engine = snapshot_engine(snap, a.run)
+        engine = snapshot_engine(snap, run)
         reid = evaluate(engine, a.data, "img2id", progress=False)
         rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
         cons = identity_consistency(engine, judge, a.data, rows=rows, seeds=range(a.seeds))
         points.append({**meta, "mAP": reid["mAP"], "rank1": reid["rank1"], "consistency_top1": cons["top1"],
                        "diversity": cons["diversity"]})
-        print(f"{snap.parent.name}/{snap.name}: {meta['minutes']:.1f} min  mAP {reid['mAP']:.1%}  "
+        print(f"{run.name} {step}: {minutes:.1f} min  mAP {reid['mAP']:.1%}  "
               f"R1 {reid['rank1']:.1%}  consistency {cons['top1']:.1%}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    (a.out / "time_to_quality.json").write_text(json.dumps({"run": str(a.run), "points": points}, indent=2))
+        saved.write_text(json.dumps({"runs": a.run, "identities": a.identities, "seeds": a.seeds, "points": points}, indent=2))
+    saved.write_text(json.dumps({"runs": a.run, "identities": a.identities, "seeds": a.seeds, "points": points}, indent=2))
     plot(points, a.out / "img" / "time_to_quality.png")
     print(f"wrote {a.out / 'img' / 'time_to_quality.png'}")
 
