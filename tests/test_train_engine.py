@@ -193,3 +193,14 @@ def test_bf16_sampling_stays_close_to_fp32(tiny_weights, engine):
                                   fast.embed([Image.fromarray(a.astype(np.uint8))]))  # retrieval stays fp32
     with pytest.raises(ValueError, match="precision"):
         ReIDEngine.from_pretrained(tiny_weights, device="cpu", precision="fp8")
+
+
+def test_the_package_exports_the_engine_and_stays_light():
+    code = ("import sys, reid_core.config; light = 'torch' not in sys.modules; "
+            "from reid_core import ReIDEngine; from reid_core.engine import ReIDEngine as E; "
+            "print(light, ReIDEngine is E)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+    with pytest.raises(AttributeError, match="no attribute"):
+        import reid_core
+        reid_core.NotAThing
