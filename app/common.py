@@ -7,19 +7,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from reid_core.data import ImageError, cache_dir
+from reid_core.data import DEMO_DATA, ImageError, cache_dir
 from reid_core.explore import IdentityMap, grid, noise_to_image, upscale  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-DEMO_DATASET = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
+DEMO_DATASET = DEMO_DATA
 DEFAULT_WEIGHTS = "weights"
 
 TRAINING, PRIOR, PHOTO = "Training identity", "New identity (prior)", "From a photo"
@@ -46,6 +45,13 @@ def weights_arg(cli_value: str | None = None) -> str:
     if env:
         return env
     return str(ROOT / DEFAULT_WEIGHTS)
+
+
+def engine_options() -> dict:
+    """Engine settings an operator sets in the environment: $REID_PRECISION (fp32 | bf16) and
+    $REID_POSE_BACKEND (mediapipe). Read here, at the apps' entry, never inside the engine."""
+    return {"precision": os.environ.get("REID_PRECISION", "fp32"),
+            "pose_backend": os.environ.get("REID_POSE_BACKEND", "mediapipe")}
 
 
 def gallery_choices(cli_gallery: str | None = None) -> list[str]:
@@ -132,51 +138,24 @@ def axes_title(engine) -> str:
 
 
 # ---------------------------------------------------------------- per-visitor gallery
-@dataclass
-class UploadGallery:
-    """Photos one visitor added: features (N, id_dim), display thumbnails, names. Never shared."""
-    features: np.ndarray = field(default_factory=lambda: np.zeros((0, 32), np.float32))
-    thumbs: list = field(default_factory=list)
-    names: list = field(default_factory=list)
-
-    @property
-    def pids(self) -> np.ndarray:
-        return -np.ones(len(self.names), np.int64)
-
-    camids = pids
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def add(self, engine, photos: Sequence, names: Sequence[str]) -> tuple["UploadGallery", list[str]]:
-        """A new gallery with the readable photos added; returns it and the problems met."""
-        good, good_names, problems = [], [], []
-        for p, n in zip(photos, names):
-            if len(self) + len(good) >= MAX_UPLOADS:
-                problems.append(f"{n}: skipped, at most {MAX_UPLOADS} photos in your gallery")
-                continue
-            try:
-                good.append(Image.fromarray(engine.prepare(p)))
-                good_names.append(n)
-            except ImageError as e:
-                problems.append(f"{n}: {e}")
-            except Image.DecompressionBombError:
-                problems.append(f"{n}: far too large (over 179 Mpixels)")
-        if not good:
-            return self, problems
-        feats = engine.embed(good)
-        base = self.features if len(self) else np.zeros((0, feats.shape[1]), np.float32)
-        return UploadGallery(np.concatenate([base, feats]), self.thumbs + good, self.names + good_names), problems
+def add_uploads(engine, uploads, photos: Sequence, names: Sequence[str]):
+    """A visitor's gallery with their readable photos added (an engine `Gallery`, held in their
+    session only) and the problems met."""
+    return engine.gallery_from_photos(photos, names, base=uploads, limit=MAX_UPLOADS)
 
 
-def gallery_image(engine, gallery, index: int, scale: int | None = None) -> Image.Image:
-    """A gallery image as the model sees it (model size), enlarged for display."""
-    k = scale or display_scale(engine)
-    try:
-        return upscale(Image.fromarray(engine.prepare(gallery.paths[index])), k)
-    except Exception:  # a file removed since indexing
-        h, w = engine.image_size
-        return Image.new("RGB", (w * k, h * k), (200, 200, 200))
+def empty_uploads(engine):
+    """A visitor's gallery before they add anything."""
+    return engine.gallery_from_photos([], [])[0]
+
+
+def match_label(m) -> str:
+    """Distance, then who and which camera when the name says, else the file name (an upload's
+    name as the visitor gave it: it may hold a slash)."""
+    if m.pid >= 0:
+        cam = f" · cam {m.camid + 1}" if m.camid >= 0 else ""
+        return f"{m.distance:.3f} · pid {m.pid}{cam}"
+    return f"{m.distance:.3f} · {m.path if m.source == 'uploads' else Path(m.path).name}"  # an upload's name is its own
 
 
 # ---------------------------------------------------------------- examples

@@ -21,12 +21,13 @@ import numpy as np
 from PIL import Image
 
 from reid_core.data import DatasetError, ImageError, cache_dir
+from reid_core.io import atomic_savez
 from reid_core.engine import Inversion
 from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, noise_to_image,
-                               rank_galleries, slider_ranges, upscale)
+                               slider_ranges, upscale)
 
 from . import common
-from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING, UploadGallery
+from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING
 
 TITLE = "Generative person re-identification"
 CONCURRENCY = 2  # simultaneous model calls: one per core of a 2-core CPU
@@ -240,10 +241,7 @@ class ReIDApp:
                     iv = self._inversion(photo, "img2noise")
                     arrays.update(identity=iv.identity, noise=iv.noise, input=np.asarray(iv.input),
                                   reconstruction=np.asarray(iv.reconstruction), psnr=np.float64(iv.psnr))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-                np.savez(tmp, **arrays)
-                os.replace(tmp, path)
+                atomic_savez(path, **arrays)
             except OSError:
                 pass
         return gen, inv
@@ -367,7 +365,7 @@ class ReIDApp:
         return self._sensitivity_outputs(sens)
 
     # ------------------------------------------------------------ re-identify
-    def gallery_status(self, uploads: UploadGallery | None = None) -> str:
+    def gallery_status(self, uploads=None) -> str:
         g = self.engine.gallery
         parts = []
         if g is not None and self.indexed_folder:
@@ -417,25 +415,24 @@ class ReIDApp:
                 print(f"gallery {self.startup_gallery}: {e}")
 
     @_plain_errors
-    def add_uploads(self, files, uploads: UploadGallery | None):
+    def add_uploads(self, files, uploads=None):
         """Add uploaded photos to THIS visitor's gallery -> (new state, status)."""
-        uploads = uploads if isinstance(uploads, UploadGallery) else UploadGallery()
         files = [files] if isinstance(files, (str, Path)) else list(files or [])
         if not files:
             raise ValueError("choose one or more photos to add")
         paths = [getattr(f, "name", f) for f in files]
-        new, problems = uploads.add(self.engine, paths, [Path(p).name for p in paths])
+        new, problems = common.add_uploads(self.engine, uploads, paths, [Path(p).name for p in paths])
         for p in problems:
             gr.Warning(p)
-        if len(new) == len(uploads):
+        if len(new) == (len(uploads) if uploads is not None else 0):
             raise ImageError("none of those files could be used: " + "; ".join(problems))
         return new, self.gallery_status(new)
 
     def clear_uploads(self):
-        return UploadGallery(), self.gallery_status(None)
+        return None, self.gallery_status(None)
 
     @_plain_errors
-    def reidentify(self, photo, k, uploads: UploadGallery | None = None):
+    def reidentify(self, photo, k, uploads=None):
         """Photo -> (nearest training identities with portraits, nearest gallery images, caption)."""
         _need_photo(photo)
         k = max(1, min(int(k or 5), 20))
@@ -446,20 +443,10 @@ class ReIDApp:
         small = max(1, self.scale // 2)
         id_items = [(upscale(im, small), f"{m.distance:.3f} · #{m.index} (pid {m.pid})")
                     for im, m in zip(portraits, ids)]
-        galleries = [self.engine.gallery if self.indexed_folder else None,
-                     uploads if isinstance(uploads, UploadGallery) and len(uploads) else None]
         gal_items, note = [], ""
-        if any(g is not None and len(g) for g in galleries):
-            for h in rank_galleries(v, galleries, k=k):
-                if h.source == 0:
-                    g = galleries[0]
-                    cam = f" · cam {h.camid + 1}" if h.camid >= 0 else ""
-                    label = f"pid {h.pid}{cam}" if h.pid >= 0 else Path(g.paths[h.index]).name
-                    gal_items.append((common.gallery_image(self.engine, g, h.index, small),
-                                      f"{h.distance:.3f} · {label}"))
-                else:
-                    gal_items.append((upscale(galleries[1].thumbs[h.index], small),
-                                      f"{h.distance:.3f} · {galleries[1].names[h.index]}"))
+        if (self.indexed_folder and self.engine.gallery is not None) or (uploads is not None and len(uploads)):
+            hits = self.engine.search(v, k=k, uploads=uploads, with_images=True)
+            gal_items = [(upscale(m.image, small), common.match_label(m)) for m in hits]
         else:
             note = " No gallery yet: index a folder or add photos below to search images too."
         caption = (f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
@@ -479,10 +466,7 @@ class ReIDApp:
                 np.stack([np.asarray(im) for im in
                           self.engine.generate(self.engine.identity_table[i:i + batch], seed=seed)])
                 for i in range(0, n, batch)])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, images=arrays)
-            os.replace(tmp, path)
+            atomic_savez(path, images=arrays)
         with self._portrait_lock:
             for i, a in enumerate(arrays):
                 self._portraits[(i, int(seed))] = Image.fromarray(a)
@@ -517,7 +501,7 @@ class ReIDApp:
         return xy, g.pids
 
     @_plain_errors
-    def identity_map(self, photo=None, index=None, uploads: UploadGallery | None = None):
+    def identity_map(self, photo=None, index=None, uploads=None):
         """The UMAP of identities (fitted once) with the photo placed on it -> (figure, caption)."""
         imap = IdentityMap.get(self.engine)
         photo_xy, note = None, ""
@@ -527,7 +511,7 @@ class ReIDApp:
             near = self.engine.nearest_identities(v, k=1)[0]
             note = f" Your photo (star) is nearest to training identity **#{near.index}** (pid {near.pid})."
         gxy, gpids = self._gallery_coords(imap)
-        uxy = imap.transform(uploads.features) if isinstance(uploads, UploadGallery) and len(uploads) else None
+        uxy = imap.transform(uploads.features) if uploads is not None and len(uploads) else None
         hl = int(index) if index is not None and 0 <= int(index) < self.engine.num_identities else None
         fig = common.map_figure(self.engine, imap, highlight=hl, photo_xy=photo_xy, gallery_xy=gxy,
                                 gallery_pids=gpids, uploads_xy=uxy)
@@ -578,7 +562,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nAn identity is the {engine.preset.id_dim}-d conditioning vector of a diffusion "
                     f"generator (Asperti et al. 2024). Weights: preset `{engine.preset.name}`, {h}x{w} images, "
                     f"{engine.num_identities} training identities.", elem_id="title-row")
-        uploads = gr.State(UploadGallery())
+        uploads = gr.State(None)   # this visitor's own photos: an engine Gallery, never shared
 
         # ---------------------------------------------------------- Generate
         with gr.Tab("Generate", id="generate"):
@@ -790,10 +774,9 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, blo
 def launch(weights: str | None = None, gallery: str | None = None, host: str = "127.0.0.1",
            port: int | None = 7860, concurrency: int = CONCURRENCY, warm_up: bool = True, block: bool = True):
     """Load the engine, build the demo, start background warm-ups and serve."""
-    import torch
     from reid_core.engine import ReIDEngine
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, concurrency)))
-    engine = ReIDEngine.from_pretrained(common.weights_arg(weights))
+    engine = ReIDEngine.from_pretrained(common.weights_arg(weights), **common.engine_options(),
+                                        threads=max(1, (os.cpu_count() or 1) // max(1, concurrency)))
     demo = build_demo(engine, gallery)
     result = serve(demo, host, port, block=False, concurrency=concurrency)
     if warm_up:  # after the server is up: the page is served at once, the rest fills in

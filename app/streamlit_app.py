@@ -14,21 +14,18 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from app import common
+from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCES
+from reid_core.data import DatasetError, ImageError
+from reid_core.engine import ReIDEngine, WeightsError
+from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, slider_ranges,
+                               noise_to_image)
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from app import common  # noqa: E402
-from app.common import (BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCES,  # noqa: E402
-                        UploadGallery)
-from reid_core.data import DatasetError, ImageError  # noqa: E402
-from reid_core.engine import ReIDEngine, WeightsError  # noqa: E402
-from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, slider_ranges,  # noqa: E402
-                               noise_to_image, rank_galleries)
 
 TITLE = "Generative person re-identification"
 
@@ -43,9 +40,8 @@ def _args():
 
 @st.cache_resource(show_spinner="Loading the model ...")
 def load_engine(weights: str) -> ReIDEngine:
-    import torch
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    engine = ReIDEngine.from_pretrained(weights)
+    engine = ReIDEngine.from_pretrained(weights, **common.engine_options(),
+                                        threads=max(1, min(2, os.cpu_count() or 1)))
     IdentityMap.warm_up(engine)  # the map fits in the background; the page does not wait for it
     return engine
 
@@ -275,8 +271,9 @@ def tab_sliders(engine, scale):
 
 
 def tab_reid(engine, scale, folders):
-    uploads: UploadGallery = st.session_state.setdefault("uploads", UploadGallery())
-    with st.expander("Gallery", expanded=engine.gallery is None and not len(uploads)):
+    uploads = st.session_state.get("uploads")   # this visitor's own photos: an engine Gallery
+    n_up = len(uploads) if uploads is not None else 0
+    with st.expander("Gallery", expanded=engine.gallery is None and not n_up):
         c1, c2 = st.columns(2)
         with c1:
             if folders:
@@ -294,15 +291,18 @@ def tab_reid(engine, scale, folders):
             files = st.file_uploader("Add your own photos to your gallery", accept_multiple_files=True,
                                      key="gal-files")
             if st.button("Add to my gallery", key="gal-add") and files:
-                new, problems = uploads.add(engine, [f.getvalue() for f in files], [f.name for f in files])
+                new, problems = common.add_uploads(engine, uploads, [f.getvalue() for f in files],
+                                                   [f.name for f in files])
                 for p in problems:
                     st.warning(p)
                 st.session_state["uploads"] = uploads = new
+                n_up = len(uploads)
             if st.button("Clear my photos", key="gal-clear"):
-                st.session_state["uploads"] = uploads = UploadGallery()
+                st.session_state["uploads"] = uploads = None
+                n_up = 0
     g = engine.gallery
     st.caption(f"Gallery: {len(g) if g is not None else 0} indexed images"
-               f" + {len(uploads)} of your own photos (kept in your session only)")
+               f" + {n_up} of your own photos (kept in your session only)")
     left, right = st.columns([1, 3])
     with left:
         photo = photo_picker(engine, "reid", "Query photo")
@@ -317,16 +317,10 @@ def tab_reid(engine, scale, folders):
                 portraits = engine.generate(engine.identity_table[[m.index for m in ids]], seed=0)
                 st.markdown("**Nearest training identities** (generated portraits)")
                 show_images(st, portraits, [f"{m.distance:.3f} · #{m.index} (pid {m.pid})" for m in ids], scale)
-                galleries = [g, uploads if len(uploads) else None]
-                if any(x is not None and len(x) for x in galleries):
-                    hits = rank_galleries(v, galleries, k=k)
+                if (g is not None and len(g)) or n_up:
+                    hits = engine.search(v, k=k, uploads=uploads, with_images=True)
                     st.markdown("**Nearest gallery images**")
-                    show_images(st, [common.gallery_image(engine, g, h.index, 1) if h.source == 0
-                                     else uploads.thumbs[h.index] for h in hits],
-                                [f"{h.distance:.3f} · " + (f"pid {h.pid}" if h.source == 0 and h.pid >= 0
-                                                           else (uploads.names[h.index] if h.source else
-                                                                 Path(g.paths[h.index]).name))
-                                 for h in hits], scale)
+                    show_images(st, [m.image for m in hits], [common.match_label(m) for m in hits], scale)
                 else:
                     st.info("No gallery yet: index a folder or add photos to search images too.")
             except (ValueError, *BAD_IMAGE) as e:

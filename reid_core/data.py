@@ -23,6 +23,8 @@ from .io import atomic_savez, cache_dir
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 _NAME = re.compile(r"^([-\d]+)_c(\d+)")
+# The dataset the studio is developed and measured on, when it sits beside the project.
+DEMO_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cuhk03-pair1"
 MIN_SIDE = 8            # smaller than this holds no person
 MAX_PIXELS = 120_000_000  # 10,000 x 10,000 passes; beyond this decoding alone risks the server's memory
 

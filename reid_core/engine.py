@@ -56,11 +56,15 @@ class Inversion:
 
 @dataclass
 class Match:
-    """One search hit: a gallery image (path, pid, camid; -1 where unknown) and its distance."""
+    """One search hit: a gallery image's name (its path for an indexed folder), pid and camid
+    (-1 where unknown), distance, which gallery it came from ("indexed" or "uploads") and, when
+    asked for, the picture at the model's size."""
     path: str
     pid: int
     camid: int
     distance: float
+    source: str = "indexed"
+    image: Image.Image | None = None
 
 
 @dataclass
@@ -73,11 +77,13 @@ class IdentityMatch:
 
 @dataclass
 class Gallery:
-    """An indexed gallery: features (N, id_dim), paths, pids/camids (-1 where unknown)."""
+    """Gallery features (N, id_dim) with names (paths for an indexed folder), pids/camids (-1
+    where unknown) and, for photos held in memory (a visitor's uploads), the pictures themselves."""
     features: np.ndarray
     paths: list[str]
     pids: np.ndarray
     camids: np.ndarray
+    images: list | None = None   # uint8 (H, W, 3) at the model's size, when not read from files
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,7 +117,7 @@ class ReIDEngine:
                  img2id: IdentityEncoder, img2noise: NoiseEncoder, identity_pids: Sequence[int],
                  device: str = "cpu", baseline=None, pose_generator: IdentityUNet | None = None,
                  pose_encoder: PoseEncoder | None = None, pose_library: list | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", pose_backend: str = "mediapipe"):
         if precision not in ("fp32", "bf16"):
             raise ValueError("precision must be 'fp32' or 'bf16'")
         self.preset = preset
@@ -119,6 +125,7 @@ class ReIDEngine:
         # bf16 autocast for sampling: ~1.5x faster on CPUs with AVX512-BF16, pixels move by a
         # few grey levels; fp32 (the default) is exact and comparable across machines
         self.precision = precision
+        self.pose_backend = pose_backend
         self.generator = generator.to(device).eval()
         self.prior = prior.to(device).eval()
         self.img2id = img2id.to(device).eval()
@@ -142,7 +149,12 @@ class ReIDEngine:
     # ------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike = "weights", device: str | None = None,
-                        load_baseline: bool = True, precision: str | None = None) -> "ReIDEngine":
+                        load_baseline: bool = True, precision: str = "fp32", pose_backend: str = "mediapipe",
+                        threads: int | None = None) -> "ReIDEngine":
+        """Load a weights folder (or Hub repo id). `precision` "fp32" or "bf16" (sampling);
+        `pose_backend` the pose extractor's; `threads` sets torch's CPU threads (None: leave as is)."""
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
         root = resolve_weights(path_or_repo)
         lacking = missing(root)
         if lacking:
@@ -160,9 +172,8 @@ class ReIDEngine:
             pose_gen, pose_enc = load_component(root, "pose_generator"), load_component(root, "pose_encoder")
         lib_file = root / POSE_LIBRARY_FILE
         library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
-        precision = precision or os.environ.get("REID_PRECISION", "fp32")
         return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library,
-                   precision)
+                   precision, pose_backend)
 
     # ------------------------------------------------------------ helpers
     def _sampling_precision(self):
@@ -275,7 +286,7 @@ class ReIDEngine:
         img = load_image(image)
         with self._pose_lock:
             if self._pose_extractor is None:
-                self._pose_extractor = get_pose_extractor(os.environ.get("REID_POSE_BACKEND", "mediapipe"))
+                self._pose_extractor = get_pose_extractor(self.pose_backend)
             return self._pose_extractor(img)
 
     def render_pose(self, pose, size: tuple[int, int] | None = None) -> Image.Image:
@@ -517,30 +528,67 @@ class ReIDEngine:
             self.gallery = gallery
         return gallery
 
-    def add_to_gallery(self, images: Sequence, names: Sequence[str] | None = None) -> Gallery:
-        """Add uploaded images to the in-memory gallery (created if none)."""
-        feats = self.embed(images)
-        names = list(names) if names is not None else [f"upload-{i}" for i in range(len(feats))]
-        with self._gallery_lock:
-            g = self.gallery
-            if g is None:
-                g = Gallery(np.zeros((0, self.preset.id_dim), np.float32), [], np.zeros(0, int), np.zeros(0, int))
-            self.gallery = Gallery(np.concatenate([g.features, feats]), g.paths + names,
-                                   np.concatenate([g.pids, -np.ones(len(feats), int)]),
-                                   np.concatenate([g.camids, -np.ones(len(feats), int)]))
-            return self.gallery
+    def gallery_from_photos(self, photos: Sequence, names: Sequence[str], base: Gallery | None = None,
+                            limit: int | None = None) -> tuple[Gallery, list[str]]:
+        """A new in-memory gallery: `base` plus the readable `photos` (kept at the model's size),
+        never touching the indexed one. Returns it and one plain message per photo not added."""
+        base = base if base is not None and len(base) else None
+        have = len(base) if base is not None else 0
+        good, good_names, problems = [], [], []
+        for photo, name in zip(photos, names):
+            if limit is not None and have + len(good) >= limit:
+                problems.append(f"{name}: skipped, at most {limit} photos in a gallery")
+                continue
+            try:
+                good.append(self.prepare(photo, self.embed_size))
+                good_names.append(str(name))
+            except ImageError as e:
+                problems.append(f"{name}: {e}")
+        if not good:
+            return base if base is not None else Gallery(np.zeros((0, self.preset.id_dim), np.float32), [],
+                                                         np.zeros(0, int), np.zeros(0, int), []), problems
+        feats = self.embed_arrays(np.stack(good))
+        small = [to_array(Image.fromarray(g), self.image_size) for g in good]
+        new = Gallery(feats, good_names, -np.ones(len(good), int), -np.ones(len(good), int), small)
+        if base is None:
+            return new, problems
+        return Gallery(np.concatenate([base.features, feats]), base.paths + good_names,
+                       np.concatenate([base.pids, new.pids]), np.concatenate([base.camids, new.camids]),
+                       list(base.images or []) + small), problems
 
-    def search(self, image, k: int = 10) -> list[Match]:
-        """The k gallery images nearest to a photo (Euclidean distance between Img2ID vectors)."""
-        gallery = self.gallery
-        if gallery is None or len(gallery) == 0:
+    def gallery_picture(self, gallery: Gallery, index: int) -> Image.Image:
+        """A gallery image at the model's size: from memory, else read from its file (a grey
+        placeholder if the file went away since indexing)."""
+        if gallery.images is not None:
+            return Image.fromarray(gallery.images[index])
+        try:
+            return Image.fromarray(self.prepare(gallery.paths[index]))
+        except (ImageError, OSError):
+            h, w = self.image_size
+            return Image.new("RGB", (w, h), (200, 200, 200))
+
+    def search(self, query, k: int = 10, uploads: Gallery | None = None, with_images: bool = False) -> list[Match]:
+        """The k images nearest to `query` (a photo, or an Img2ID vector) over the indexed gallery
+        and `uploads` (a visitor's own, from `gallery_from_photos`), by Euclidean distance between
+        Img2ID vectors; ties keep gallery order. `with_images` attaches each hit's picture."""
+        sources = [(name, g) for name, g in (("indexed", self.gallery), ("uploads", uploads))
+                   if g is not None and len(g)]
+        if not sources:
             raise ValueError("no gallery indexed yet: index a folder or upload gallery photos first")
-        q = self.embed([image])
-        d = pairwise_distance(q, gallery.features)[0]
-        k = max(1, min(k, len(d)))
-        top = np.argpartition(d, k - 1)[:k]
-        top = top[np.argsort(d[top], kind="stable")]
-        return [Match(gallery.paths[i], int(gallery.pids[i]), int(gallery.camids[i]), float(d[i])) for i in top]
+        q = np.asarray(query, np.float32)[None] if isinstance(query, np.ndarray) and query.ndim == 1 \
+            else self.embed([query])
+        d = np.concatenate([pairwise_distance(q, g.features)[0] for _, g in sources])
+        owner = np.concatenate([np.full(len(g), s) for s, (_, g) in enumerate(sources)])
+        row = np.concatenate([np.arange(len(g)) for _, g in sources])
+        k = max(1, min(int(k), len(d)))
+        top = np.argsort(d, kind="stable")[:k]
+        out = []
+        for i in top:
+            name, g = sources[owner[i]]
+            j = int(row[i])
+            out.append(Match(g.paths[j], int(g.pids[j]), int(g.camids[j]), float(d[i]), name,
+                             self.gallery_picture(g, j) if with_images else None))
+        return out
 
     def _weights_key(self) -> str:
         first = next(iter(self.img2id.state_dict().values()))

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from .metrics import pairwise_distance
 
 NOISE_CLIP = 2.5
 
@@ -173,35 +171,6 @@ def _compute_sensitivity(engine, base, key, seed, delta, steps, progress, batch)
 
 
 # ---------------------------------------------------------------- retrieval over several galleries
-@dataclass
-class GalleryHit:
-    """One ranked gallery image: which gallery (its position in the list), row, pid, distance."""
-    source: int
-    index: int
-    pid: int
-    camid: int
-    distance: float
-
-
-def rank_galleries(vector: np.ndarray, galleries: Sequence, k: int = 10) -> list[GalleryHit]:
-    """The k nearest rows over several galleries (objects with .features, .pids, .camids).
-
-    Used to search the server's indexed folder and a visitor's own uploads together
-    without mixing one visitor's photos into another's gallery. Ties keep gallery order.
-    """
-    v = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    rows = []
-    for s, g in enumerate(galleries):
-        if g is None or len(g.features) == 0:
-            continue
-        d = pairwise_distance(v, np.asarray(g.features, dtype=np.float32))[0]
-        rows.extend((float(d[i]), s, i, int(g.pids[i]), int(g.camids[i])) for i in range(len(d)))
-    if not rows:
-        raise ValueError("no gallery indexed yet: index a folder or upload gallery photos first")
-    rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    return [GalleryHit(s, i, pid, cam, dist) for dist, s, i, pid, cam in rows[:max(1, int(k))]]
-
-
 # ---------------------------------------------------------------- identity map
 class IdentityMap:
     """A 2-D map of the identity space: UMAP fitted on `engine.identity_table`.

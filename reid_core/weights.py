@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 PRESET_FILE = "preset.json"
 IDENTITIES_FILE = "identities.json"

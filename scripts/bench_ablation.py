@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_curve import chain_snapshots, snapshot_engine  # noqa: E402
-from reid_core.config import Preset  # noqa: E402
-from reid_core.evaluate import evaluate, identity_consistency  # noqa: E402
-from reid_core.weights import has_component, load_component  # noqa: E402
+from bench_curve import chain_snapshots, snapshot_engine
+from reid_core.config import Preset
+from reid_core.data import DEMO_DATA
+from reid_core.evaluate import evaluate, identity_consistency
+from reid_core.weights import has_component, load_component
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def generator_from_checkpoint(run: Path):
@@ -73,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--row", action="append", required=True, help="NAME=FOLDER[+MINUTES_BEFORE]")
     ap.add_argument("--judge", type=Path, default=ROOT / "weights")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03-pair1")
+    ap.add_argument("--data", type=Path, default=DEMO_DATA)
     ap.add_argument("--identities", type=int, default=100, help="training identities generated per row")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)

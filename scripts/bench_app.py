@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TARGETS = {"start_s": 10.0, "interaction_p95_s": 1.0, "load_p95_s": 3.0}
 OPS = ("generate4", "invert", "search")

@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from reid_core.config import Preset  # noqa: E402
-from reid_core.engine import ReIDEngine  # noqa: E402
-from reid_core.evaluate import evaluate, identity_consistency  # noqa: E402
-from reid_core.training.snapshots import list_snapshots  # noqa: E402
-from reid_core.weights import load_component  # noqa: E402
+from reid_core.config import Preset
+from reid_core.data import DEMO_DATA
+from reid_core.engine import ReIDEngine
+from reid_core.evaluate import evaluate, identity_consistency
+from reid_core.training.snapshots import list_snapshots
+from reid_core.weights import load_component
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def snapshot_engine(snapshot: Path, run: Path) -> ReIDEngine:
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1,
                     help="evaluate every n-th snapshot of the chain (and always the last)")
     ap.add_argument("--judge", type=Path, default=None, help="weights folder whose baseline judges (default: --run)")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03-pair1")
+    ap.add_argument("--data", type=Path, default=DEMO_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--identities", type=int, default=160, help="training identities generated per snapshot")
     ap.add_argument("--seeds", type=int, default=4)

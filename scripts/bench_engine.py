@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,16 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reid_core.config import get_preset  # noqa: E402
-from reid_core.diffusion import ddim_sample  # noqa: E402
-from reid_core.engine import ReIDEngine  # noqa: E402
-from reid_core.evaluate import evaluate  # noqa: E402
-from reid_core.models import IdentityEncoder, IdentityUNet  # noqa: E402
-from reid_core.synthetic import make_synthetic_market  # noqa: E402
-from reid_core.training import train  # noqa: E402
-from timing import timeit  # noqa: E402  (scripts/timing.py)
+from reid_core.config import get_preset
+from reid_core.diffusion import ddim_sample
+from reid_core.engine import ReIDEngine
+from reid_core.evaluate import evaluate
+from reid_core.models import IdentityEncoder, IdentityUNet
+from reid_core.synthetic import make_synthetic_market
+from reid_core.training import train
+from timing import timeit  # scripts/timing.py
 
 
 def bench_tiny(tmp: Path) -> dict:

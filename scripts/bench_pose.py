@@ -22,21 +22,20 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from reid_core.data import DEMO_DATA
+from reid_core.io import atomic_write_text
+from reid_core.pose import blazepose_to_openpose, get_pose_extractor, pck
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from reid_core.pose import blazepose_to_openpose, get_pose_extractor, pck  # noqa: E402
-
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
+DEFAULT_DATA = DEMO_DATA
 TARGETS = {"found_rate": 0.85, "pck02": 0.80, "latency_ms_p50": 60.0}
 REF_MIN_VISIBILITY = 0.5
 PCK_SIZE = (128, 64)
@@ -152,10 +151,7 @@ def main(argv=None) -> int:
     m = run_bench(args.data.resolve(), args.split, args.limit, args.backend, progress=not args.no_progress)
     print_table(m)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(m, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(m, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from reid_core.data import load_split  # noqa: E402
-from reid_core.engine import Gallery, ReIDEngine, psnr  # noqa: E402
-from reid_core.evaluate import evaluate, generate_rows, identity_consistency  # noqa: E402
-from timing import timeit  # noqa: E402  (scripts/timing.py)
+from reid_core.data import DEMO_DATA, load_split
+from reid_core.engine import Gallery, ReIDEngine, psnr
+from reid_core.evaluate import evaluate, generate_rows, identity_consistency
+from timing import timeit  # scripts/timing.py
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {  # the issues' figures (2-core CPU): generator that obeys identity, inversion, poses
     "img2id_mAP": 0.45, "img2id_rank1": 0.45, "baseline_mAP": 0.36, "identity_consistency": 0.80,
@@ -94,8 +94,7 @@ def bench_inversion(engine, data, quick: bool) -> dict:
 
 
 def bench_speed(engine, weights: Path, quick: bool) -> dict:
-    q = load_split(ROOT.parent / "shared/datasets/cuhk03-pair1", "query", engine.image_size, progress=False) \
-        if (ROOT.parent / "shared/datasets/cuhk03-pair1").exists() else None
+    q = load_split(DEMO_DATA, "query", engine.image_size, progress=False) if DEMO_DATA.exists() else None
     photo = Image.fromarray(q.images[0]) if q is not None else engine.generate(0, seed=0)[0]
     r = 10 if quick else 30
     res = {
@@ -375,7 +374,7 @@ def _notes(out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03-pair1")
+    ap.add_argument("--data", type=Path, default=DEMO_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--quick", action="store_true", help="subsets of the slow parts; < 5 minutes")
     ap.add_argument("--threads", type=int, default=2)

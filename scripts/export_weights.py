@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reid_core.engine import ReIDEngine  # noqa: E402
-from reid_core.weights import COMPONENTS, FILES  # noqa: E402
+from reid_core.engine import ReIDEngine
+from reid_core.weights import COMPONENTS, FILES
 
 KEEP_FP32 = ("prior", "baseline")  # normalisation statistics and BatchNorm running stats: small, keep exact
 

@@ -26,13 +26,13 @@ import os
 import sys
 from pathlib import Path
 
+
+from PIL import Image
+
+from reid_core.io import atomic_write_bytes
+from reid_core.pose import KEYPOINT_NAMES, get_pose_extractor
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from PIL import Image  # noqa: E402
-
-from reid_core.pose import KEYPOINT_NAMES, get_pose_extractor  # noqa: E402
 
 SPLITS = ("bounding_box_train", "bounding_box_test", "query")
 OUT_NAME = "poses18.json.gz"
@@ -72,14 +72,7 @@ def save(path: Path, keypoints: dict, backend: str) -> None:
         "keypoint_names": list(KEYPOINT_NAMES),
         "keypoints": dict(sorted(keypoints.items())),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with gzip.open(tmp, "wt", compresslevel=6) as f:
-            json.dump(doc, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), compresslevel=6))
 
 
 def resolve_out(data: Path, out: Path | None) -> Path:

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 EXCLUDE = ("checkpoints/*", "*/__pycache__/*", "__pycache__/*", ".*", "*/.*", "*.pt", "*.pth", "*.ckpt",
            "*.pkl", "*.pickle", "*.tmp*", "*.lock")

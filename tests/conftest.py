@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from reid_core.data import DEMO_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
+SHARED_DATA = DEMO_DATA
 
 # Tiny models run fastest on one thread: a second one mostly waits, and fights other jobs for cores.
 torch.set_num_threads(1)

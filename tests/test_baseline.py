@@ -6,7 +6,6 @@ file runs in seconds on a shared 2-core CPU.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np

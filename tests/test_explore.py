@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from reid_core import explore
-from reid_core.explore import (IdentityMap, dimension_sensitivity, grid, noise_to_image, rank_galleries,
-                               upscale)
+from reid_core.explore import IdentityMap, dimension_sensitivity, grid, noise_to_image, upscale
 
 
 @pytest.fixture(scope="module")
@@ -106,21 +104,6 @@ def test_dimension_sensitivity_is_cached(engine, monkeypatch):
     assert np.array_equal(dimension_sensitivity(engine, 2, seed=0), first)  # an index works too
     with pytest.raises(ValueError):
         dimension_sensitivity(engine, engine.identity_table[:2])
-
-
-# ---------------------------------------------------------------- ranking over several galleries
-def test_rank_galleries_merges_sources():
-    a = SimpleNamespace(features=np.array([[0, 0], [3, 0], [1, 0]], np.float32),
-                        pids=np.array([1, 2, 3]), camids=np.array([0, 1, 0]))
-    b = SimpleNamespace(features=np.array([[2, 0], [1, 0]], np.float32), pids=-np.ones(2, int),
-                        camids=-np.ones(2, int))
-    hits = rank_galleries(np.array([0.9, 0], np.float32), [a, None, b], k=4)
-    assert [(h.source, h.index) for h in hits] == [(0, 2), (2, 1), (0, 0), (2, 0)]  # tie: gallery order
-    assert hits[0].pid == 3 and hits[1].pid == -1
-    assert hits[0].distance == pytest.approx(0.1, abs=1e-6)
-    assert len(rank_galleries(np.zeros(2), [a], k=99)) == 3
-    with pytest.raises(ValueError, match="no gallery"):
-        rank_galleries(np.zeros(2), [None])
 
 
 # ---------------------------------------------------------------- identity map

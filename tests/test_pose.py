@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 
 from reid_core import pose as P
+from reid_core.data import DEMO_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "cuhk03-pair1"
+DATA = DEMO_DATA
 
 # protobuf 4.x deprecation warning raised inside mediapipe's own packet reading;
 # MediaPipePose silences it globally, but pytest resets filters per test.

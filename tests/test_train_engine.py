@@ -138,6 +138,36 @@ def test_search_and_nearest_identities(engine, synthetic_market):
     np.testing.assert_array_equal(again.features, gallery.features)
 
 
+def test_search_merges_the_indexed_gallery_and_a_visitors_uploads(engine, synthetic_market):
+    gallery = engine.index_gallery(synthetic_market)
+    photos = sorted((synthetic_market / "query").glob("*.jpg"))[:3]
+    uploads, problems = engine.gallery_from_photos([photos[0], b"not an image", photos[1]], ["a.jpg", "b.txt", "c.jpg"])
+    assert len(uploads) == 2 and uploads.paths == ["a.jpg", "c.jpg"] and len(problems) == 1 and "b.txt" in problems[0]
+    assert engine.gallery is gallery and len(gallery) == 17, "uploads never enter the indexed gallery"
+    more, problems = engine.gallery_from_photos([photos[2]], ["d.jpg"], base=uploads, limit=2)
+    assert more is uploads and "at most 2" in problems[0]
+    # the query is the first upload itself: it must come first, at distance 0, from the uploads
+    hits = engine.search(photos[0], k=len(gallery) + 2, uploads=uploads, with_images=True)
+    assert len(hits) == len(gallery) + 2
+    assert (hits[0].source, hits[0].path) == ("uploads", "a.jpg") and hits[0].distance == pytest.approx(0, abs=1e-4)
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+    assert {h.source for h in hits} == {"indexed", "uploads"}
+    assert hits[0].image.size == (engine.image_size[1], engine.image_size[0])
+    indexed = [h for h in hits if h.source == "indexed"]
+    assert sorted(h.path for h in indexed) == sorted(gallery.paths)
+    np.testing.assert_array_equal(np.asarray(indexed[0].image), engine.prepare(indexed[0].path))
+    # a vector query gives the same ranking as the photo it came from
+    v = engine.embed([photos[0]])[0]
+    assert [h.path for h in engine.search(v, k=5, uploads=uploads)] == [h.path for h in hits[:5]]
+    engine.gallery = None
+    try:
+        with pytest.raises(ValueError, match="no gallery"):
+            engine.search(photos[0])
+        assert engine.search(photos[0], k=1, uploads=uploads)[0].path == "a.jpg"
+    finally:
+        engine.gallery = gallery
+
+
 def test_bad_inputs_to_the_facade(engine, tmp_path):
     with pytest.raises(ImageError):
         engine.invert(b"not a picture")
