@@ -4,7 +4,6 @@ UI-framework free (no gradio, no streamlit); the model logic stays in `reid_core
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -173,19 +172,9 @@ def example_photos(engine, n_real: int = 5) -> list[str]:
     return out
 
 
-def weights_fingerprint(engine) -> str:
-    """A short key of the loaded weights (preset, identity table, a slice of each network)."""
-    h = hashlib.sha1(engine.preset.to_json().encode())
-    h.update(np.ascontiguousarray(engine.identity_table).tobytes())
-    for net in (engine.generator, engine.prior, engine.img2id, engine.img2noise):
-        for p in list(net.parameters())[:3] + list(net.parameters())[-3:]:
-            h.update(p.detach().float().flatten()[:256].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def generated_examples(engine, n: int = 3) -> list[str]:
     """A few generated persons saved (once per weights) in the cache folder."""
-    folder = cache_dir() / f"examples-{weights_fingerprint(engine)}"
+    folder = cache_dir() / f"examples-{engine.fingerprint}"
     paths = [folder / f"generated-{i}.png" for i in range(n)]
     if not all(p.exists() for p in paths):
         folder.mkdir(parents=True, exist_ok=True)

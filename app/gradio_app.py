@@ -215,7 +215,7 @@ class ReIDApp:
     def initial_outputs(self, photo):
         """The results the page opens with (Generate: training identity #0, seeds 0-3; Invert: the
         first example). Cached on disk per weights, so that a restart does not recompute them."""
-        fp = common.weights_fingerprint(self.engine)
+        fp = self.engine.fingerprint
         tag = hashlib.sha1(Path(photo).read_bytes()).hexdigest()[:12] if photo else "none"
         path = cache_dir() / f"initial-{fp}-{tag}.npz"
         vector = self.engine.identity_table[0]
@@ -457,7 +457,7 @@ class ReIDApp:
         """Generate every training identity's portrait once (re-identify then never waits on the
         generator: 10 new portraits cost ~0.5 s on one core); kept on disk, keyed by the weights."""
         n = self.engine.num_identities
-        path = cache_dir() / f"portraits-{common.weights_fingerprint(self.engine)}-{seed}.npz"
+        path = cache_dir() / f"portraits-{self.engine.fingerprint}-{seed}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as z:
                 arrays = z["images"]

@@ -124,11 +124,15 @@ def load_image(source) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"the image is damaged or truncated: {e}") from None
+    return flatten_alpha(img).convert("RGB")
+
+
+def flatten_alpha(img: Image.Image) -> Image.Image:
+    """A picture with transparency laid on white (what a viewer shows); others unchanged."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, rgba)
-    return img.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img
 
 
 def to_array(img: Image.Image, size: tuple[int, int]) -> np.ndarray:

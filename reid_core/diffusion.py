@@ -69,12 +69,12 @@ def ddim_invert(unet, image: torch.Tensor, identity: torch.Tensor, steps: int = 
 
 
 @torch.no_grad()
-def sample_prior(prior, num: int, generator: torch.Generator, steps: int = 50,
+def sample_prior(prior, num: int, rng: torch.Generator, steps: int = 50,
                  device="cpu") -> torch.Tensor:
     """Draw `num` NEW identity vectors (num, id_dim) from the identity prior."""
     sched = make_scheduler()
     sched.set_timesteps(steps, device=device)
-    z = torch.randn(num, prior.config.id_dim, generator=generator).to(device)
+    z = torch.randn(num, prior.config.id_dim, generator=rng).to(device)
     for t in sched.timesteps:
         eps = prior(z, noise_variance(sched, t.expand(num)))
         z = sched.step(eps, t, z).prev_sample

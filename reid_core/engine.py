@@ -135,6 +135,7 @@ class ReIDEngine:
         self.pose_encoder = pose_encoder.to(device).eval() if pose_encoder is not None else None
         self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
         self._pose_extractor = None
+        self._fingerprint: str | None = None
         self._pose_lock = threading.Lock()
         self.identity_pids = np.asarray(identity_pids, dtype=np.int64)
         # the rows as the generator reads them: training identity k is identity_table[k]
@@ -320,12 +321,12 @@ class ReIDEngine:
         skel = torch.from_numpy(render_skeleton_array(keypoints, (h * s, w * s)))[None].to(self.device)
         return self.pose_encoder(skel)
 
-    def transfer(self, identity_image, noise_image) -> Image.Image:
-        """The paper's pose transfer: the identity of one photo with the noise (pose,
-        background, light) of another."""
-        ident = self.embed([identity_image])
-        inv = self.invert(noise_image)
-        return self.generate(ident, noise=inv.noise[None])[0]
+    def swap(self, identity, photo, method: str = "img2noise") -> Image.Image:
+        """The paper's identity swap: `identity` (a row index, a vector, or another photo, whose
+        Img2ID is taken) rendered on the noise (pose, background, light) of `photo`."""
+        if not isinstance(identity, (int, np.integer, np.ndarray, list, tuple)):
+            identity = self.embed([identity])[0]
+        return self.generate(identity, noise=self.invert(photo, method).noise)[0]
 
     @torch.inference_mode()
     def sample_identities(self, n: int, seed: int = 0) -> np.ndarray:
@@ -502,7 +503,7 @@ class ReIDEngine:
             pids.append(pid)
             camids.append(cam)
         files = kept
-        key = hashlib.sha1(repr((self._weights_key(), [(str(p), p.stat().st_size) for p in files]))
+        key = hashlib.sha1(repr((self.fingerprint, [(str(p), p.stat().st_size) for p in files]))
                            .encode()).hexdigest()[:16]
         path = cache_dir() / f"gallery-{key}.npz"
         if use_cache and path.exists():
@@ -590,7 +591,16 @@ class ReIDEngine:
                              self.gallery_picture(g, j) if with_images else None))
         return out
 
-    def _weights_key(self) -> str:
-        first = next(iter(self.img2id.state_dict().values()))
-        w = first.detach().flatten()[:64].cpu().numpy().tobytes()
-        return hashlib.sha1(w + self.preset.to_json().encode()).hexdigest()
+    @property
+    def fingerprint(self) -> str:
+        """A short key of the loaded weights (preset, identity table, a slice of each network),
+        for caches on disk: gallery features, portraits, examples."""
+        if self._fingerprint is None:
+            h = hashlib.sha1(self.preset.to_json().encode())
+            h.update(np.ascontiguousarray(self.identity_table).tobytes())
+            for net in (self.generator, self.prior, self.img2id, self.img2noise):
+                params = list(net.parameters())
+                for p in params[:3] + params[-3:]:
+                    h.update(p.detach().float().flatten()[:256].cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint

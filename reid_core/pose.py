@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from .data import flatten_alpha
+
 __all__ = [
     "KEYPOINT_NAMES",
     "LIMBS",
@@ -50,7 +52,6 @@ __all__ = [
     "MediaPipePose",
     "ControlNetAuxPose",
     "get_pose_extractor",
-    "available_backends",
 ]
 
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -318,12 +319,7 @@ def _to_rgb_array(image: Any) -> np.ndarray:
                 lo, hi = float(a.min()), float(a.max())
                 a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
                 image = Image.fromarray(a.astype(np.uint8), mode="L")
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                # Composite on black so transparent areas match the crops' dark padding.
-                rgba = image.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(bg, rgba)
-            image = image.convert("RGB")
+            image = flatten_alpha(image).convert("RGB")   # as every other reader of photos does
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
@@ -626,11 +622,6 @@ _BACKENDS = {
     "openpose": lambda **kw: ControlNetAuxPose(model="openpose", **kw),
     "dwpose": lambda **kw: ControlNetAuxPose(model="dwpose", **kw),
 }
-
-
-def available_backends() -> tuple[str, ...]:
-    """Names accepted by ``get_pose_extractor`` (not all may be installable here)."""
-    return tuple(_BACKENDS)
 
 
 def get_pose_extractor(name: str = "mediapipe", **kwargs: Any) -> PoseExtractor:

@@ -234,3 +234,13 @@ def test_the_package_exports_the_engine_and_stays_light():
     with pytest.raises(AttributeError, match="no attribute"):
         import reid_core
         reid_core.NotAThing
+
+
+def test_swap_renders_an_identity_on_a_photos_noise(engine, synthetic_market):
+    a, b = sorted((synthetic_market / "query").glob("*.jpg"))[:2]
+    noise = engine.invert(b).noise
+    by_row = np.asarray(engine.swap(3, b))
+    np.testing.assert_array_equal(by_row, np.asarray(engine.generate(3, noise=noise)[0]))
+    by_photo = np.asarray(engine.swap(a, b))
+    np.testing.assert_array_equal(by_photo, np.asarray(engine.generate(engine.embed([a])[0], noise=noise)[0]))
+    assert np.abs(by_row.astype(int) - by_photo.astype(int)).mean() > 0
