@@ -102,7 +102,12 @@ def test_generate_with_a_pose(app, engine, photo, tmp_path):
 
     assert not np.array_equal(np.asarray(as_image(plain)), np.asarray(as_image(posed)))
     from_photo, _ = app.generate(TRAINING, 1, 0, None, "0", None, PHOTO_POSE, 0, photo)
-    assert as_image(from_photo).size[0] > 0
+    no_pose, _ = app.generate(TRAINING, 1, 0, None, "0", None, NO_POSE)
+    from reid_core.explore import grid
+    expected = grid(engine.generate(1, seed=0, pose=photo), cols=1, scale=app.scale)
+    got = as_image(from_photo)
+    assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(expected.convert("RGB")))  # the photo's pose
+    assert not np.array_equal(np.asarray(got), np.asarray(as_image(no_pose)))
     with pytest.raises(gr.Error, match="photo whose pose"):
         app.generate(TRAINING, 1, 0, None, "0", None, PHOTO_POSE, 0, None)
     blank = tmp_path / "blank.png"

@@ -177,4 +177,3 @@ def test_identity_map_rejects_bad_tables():
         IdentityMap(np.zeros((1, 32)))
     with pytest.raises(ValueError):
         IdentityMap(np.zeros((5, 32)), method="tsne")
-    assert explore.NOISE_CLIP == 2.5

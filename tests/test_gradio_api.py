@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -62,22 +63,26 @@ def test_every_endpoint_has_a_name(client):
 
 def test_generate_invert_swap(client, photo, tiny_weights):
     img, cap = client.predict("Training identity", 1, 0, None, "0-3", 10, api_name="/generate")
-    assert Path(img).exists() and "4 image(s)" in cap
+    assert "4 image(s)" in cap and np.asarray(Image.open(img)).std() > 5    # a picture, not a blank
     assert Image.open(img).size[0] > Image.open(img).size[1]           # one row of 4 persons
     inp, rec, noise, plot, cap = client.predict(_file(photo), "img2noise", api_name="/invert")
-    assert all(Path(p).exists() for p in (inp, rec, noise)) and "PSNR" in cap
+    assert Image.open(inp).size == Image.open(rec).size == Image.open(noise).size and "PSNR" in cap
+    psnr = float(cap.split("PSNR")[1].split("dB")[0].strip(" *:="))
+    a, b = (np.asarray(Image.open(p).convert("RGB"), np.float64) for p in (inp, rec))
+    assert psnr == pytest.approx(10 * np.log10(255 ** 2 / np.mean((a - b) ** 2)), abs=1.5)   # the caption's PSNR
     inp, rec, noise, plot, cap = client.predict(_file(photo), "ddim", api_name="/invert")
     assert "ddim" in cap
     sheet, cap = client.predict(_file(photo), "img2noise", "New identity (prior)", 0, 3, api_name="/swap")
-    assert Path(sheet).exists() and "seed 3" in cap
+    assert "seed 3" in cap and Image.open(sheet).size[0] > 2.5 * Image.open(inp).size[0]   # photo | rec. | swap
 
 
 def test_latent_sliders(client):
     values = [0.0] * 32
     img = client.predict(0, *values, api_name="/latent_render")
-    assert Path(img).exists()
     out = client.predict(0, api_name="/latent_random")
     assert len(out) == 32 + 2 and "prior" in out[-1]   # 32 values, image, caption (the state is hidden)
+    moved = client.predict(0, *out[:32], api_name="/latent_render")       # the sliders at the new values
+    assert np.abs(np.asarray(Image.open(img), np.float32) - np.asarray(Image.open(moved), np.float32)).mean() > 1
     fig, cap = client.predict(0, *values, api_name="/latent_sensitivity")
     assert "most" in cap
 
@@ -99,7 +104,7 @@ def test_identity_map(client, photo):
     fig, cap = client.predict(_file(photo), 0, api_name="/place_photo")
     assert "Your photo" in cap
     sheet, who = client.predict(3, api_name="/show_identity")
-    assert Path(sheet).exists() and "#3" in who
+    assert "#3" in who and np.asarray(Image.open(sheet)).std() > 5
 
 
 @pytest.mark.parametrize("kind, message", [

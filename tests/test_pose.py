@@ -205,9 +205,29 @@ def test_any_mode_and_size(extractor):
     rng = np.random.default_rng(1)
     base = Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8))
     for img in (base.convert("L"), base.convert("RGBA"), base.convert("P"), base.convert("I"),
-                base.resize((2, 4)), base.resize((600, 300))):
-        assert isinstance(extractor(img), P.PoseResult)
-    assert isinstance(extractor(np.zeros((16, 8, 3), np.uint8)), P.PoseResult)
+                base.resize((2, 4)), base.resize((600, 300)), np.zeros((16, 8, 3), np.uint8)):
+        res = extractor(img)   # noise: a plain "no person" answer in every mode and size, never an exception
+        assert res.found is False and res.keypoints is None and "no person" in res.message
+
+
+def test_a_person_is_found_alike_in_every_mode_and_size(extractor):
+    if not (DATA / "query").is_dir():
+        pytest.skip(f"real data not available: {DATA}/query is absent")
+    for name in sorted(p.name for p in (DATA / "query").glob("*.jpg"))[::40]:
+        with Image.open(DATA / "query" / name) as im:
+            rgb = im.convert("RGB")
+        ref = extractor(rgb)
+        if ref.found:
+            break
+    else:
+        pytest.fail("no person found in any sampled query crop")
+    for img in (rgb.convert("RGBA"), rgb.resize((256, 512), Image.BICUBIC), np.asarray(rgb)):
+        res = extractor(img)
+        assert res.found, f"lost the person in {getattr(img, 'mode', 'array')} {getattr(img, 'size', img.shape)}"
+        both = (ref.keypoints[:, 2] > 0) & (res.keypoints[:, 2] > 0)
+        assert both.sum() >= 10
+        err = np.abs(res.keypoints[both, :2] - ref.keypoints[both, :2])
+        assert np.median(err) < 0.03 and err.max() < 0.15   # the same body in the same place
 
 
 def test_bad_inputs(extractor):
