@@ -244,3 +244,18 @@ def test_swap_renders_an_identity_on_a_photos_noise(engine, synthetic_market):
     by_photo = np.asarray(engine.swap(a, b))
     np.testing.assert_array_equal(by_photo, np.asarray(engine.generate(engine.embed([a])[0], noise=noise)[0]))
     assert np.abs(by_row.astype(int) - by_photo.astype(int)).mean() > 0
+
+
+def test_evaluate_reports_each_retrieval_variant(engine, synthetic_market):
+    from reid_core.data import load_split
+    from reid_core.evaluate import POST, evaluate, evaluate_variants
+    from reid_core.metrics import evaluate_rank
+    from reid_core.retrieval import k_reciprocal_rerank, nfc
+    res = evaluate_variants(engine, synthetic_market, progress=False)
+    assert list(res) == list(POST) and all(0 <= r["mAP"] <= 1 and r["id_density"] > 0 for r in res.values())
+    assert res["raw"] == {**evaluate(engine, synthetic_market, progress=False), "seconds": res["raw"]["seconds"]}
+    q = load_split(synthetic_market, "query", engine.embed_size, progress=False)
+    g = load_split(synthetic_market, "gallery", engine.embed_size, progress=False)
+    dist = k_reciprocal_rerank(nfc(engine.embed_arrays(q.images)), nfc(engine.embed_arrays(g.images)))
+    assert res["nfc+rerank"]["mAP"] == pytest.approx(evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids)[1])
+    assert res["nfc"]["id_density"] < res["raw"]["id_density"]      # NFC pulls identities together
