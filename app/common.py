@@ -148,13 +148,27 @@ def empty_uploads(engine):
     return engine.gallery_from_photos([], [])[0]
 
 
+def verdict_note(engine) -> str:
+    """What "same person NN%" means, when the weights carry a verdict."""
+    v = getattr(engine, "verdict", None)
+    if v is None:
+        return ""
+    return (f"; \"same person\" is the probability that a gallery image shows the query's person, "
+            f"calibrated on training-identity pairs ({v.threshold:.2f} is even odds)")
+
+
 def match_label(m) -> str:
     """Distance, then who and which camera when the name says, else the file name (an upload's
-    name as the visitor gave it: it may hold a slash)."""
+    name as the visitor gave it: it may hold a slash); then how likely it is the same person,
+    when the weights carry a calibrated verdict."""
     if m.pid >= 0:
         cam = f" · cam {m.camid + 1}" if m.camid >= 0 else ""
-        return f"{m.distance:.3f} · pid {m.pid}{cam}"
-    return f"{m.distance:.3f} · {m.path if m.source == 'uploads' else Path(m.path).name}"  # an upload's name is its own
+        label = f"{m.distance:.3f} · pid {m.pid}{cam}"
+    else:
+        label = f"{m.distance:.3f} · {m.path if m.source == 'uploads' else Path(m.path).name}"
+    if m.same_probability is not None:
+        label += f" · same person {m.same_probability:.0%}"
+    return label
 
 
 # ---------------------------------------------------------------- examples

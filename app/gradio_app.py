@@ -450,7 +450,8 @@ class ReIDApp:
         else:
             note = " No gallery yet: index a folder or add photos below to search images too."
         caption = (f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
-                   f"by Euclidean distance between Img2ID vectors (the number on each image).{note}")
+                   f"by Euclidean distance between Img2ID vectors (the number on each image)"
+                   f"{common.verdict_note(self.engine)}.{note}")
         return id_items, gal_items, caption
 
     def warm_portraits(self, seed: int = 0, batch: int = 64) -> None:

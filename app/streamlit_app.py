@@ -319,7 +319,7 @@ def tab_reid(engine, scale, folders):
                 show_images(st, portraits, [f"{m.distance:.3f} · #{m.index} (pid {m.pid})" for m in ids], scale)
                 if (g is not None and len(g)) or n_up:
                     hits = engine.search(v, k=k, uploads=uploads, with_images=True)
-                    st.markdown("**Nearest gallery images**")
+                    st.markdown("**Nearest gallery images**" + common.verdict_note(engine).replace(";", " —", 1))
                     show_images(st, [m.image for m in hits], [common.match_label(m) for m in hits], scale)
                 else:
                     st.info("No gallery yet: index a folder or add photos to search images too.")

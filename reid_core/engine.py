@@ -30,7 +30,8 @@ from .diffusion import ddim_invert, ddim_sample, sample_prior
 from .io import atomic_savez, cache_dir
 from .metrics import pairwise_distance
 from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder
-from .weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_component, load_component, missing
+from .weights import (IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, VERDICT_FILE, has_component, load_component,
+                      missing)
 
 ProgressFn = Callable[[float, str], None]
 MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
@@ -65,6 +66,7 @@ class Match:
     distance: float
     source: str = "indexed"
     image: Image.Image | None = None
+    same_probability: float | None = None   # P(same person as the query), when the weights hold a verdict
 
 
 @dataclass
@@ -136,6 +138,7 @@ class ReIDEngine:
         self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
         self._pose_extractor = None
         self._fingerprint: str | None = None
+        self.verdict = None   # a reid_core.retrieval.Verdict: "same person or not" for search hits
         self._pose_lock = threading.Lock()
         self.identity_pids = np.asarray(identity_pids, dtype=np.int64)
         # the rows as the generator reads them: training identity k is identity_table[k]
@@ -173,8 +176,12 @@ class ReIDEngine:
             pose_gen, pose_enc = load_component(root, "pose_generator"), load_component(root, "pose_encoder")
         lib_file = root / POSE_LIBRARY_FILE
         library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
-        return cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library,
-                   precision, pose_backend)
+        engine = cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library,
+                     precision, pose_backend)
+        if (root / VERDICT_FILE).exists():
+            from .retrieval import Verdict
+            engine.verdict = Verdict.load(root / VERDICT_FILE)
+        return engine
 
     # ------------------------------------------------------------ helpers
     def _sampling_precision(self):
@@ -588,7 +595,8 @@ class ReIDEngine:
             name, g = sources[owner[i]]
             j = int(row[i])
             out.append(Match(g.paths[j], int(g.pids[j]), int(g.camids[j]), float(d[i]), name,
-                             self.gallery_picture(g, j) if with_images else None))
+                             self.gallery_picture(g, j) if with_images else None,
+                             float(self.verdict.probability(d[i])) if self.verdict is not None else None))
         return out
 
     @property

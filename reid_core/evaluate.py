@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -69,6 +70,21 @@ def evaluate_variants(engine, data, model: str = "img2id", progress: bool = True
                    id_density=identity_density(gp, g.pids), seconds=base + time.perf_counter() - t1)
         out[post] = res
     return out
+
+
+def calibrate_verdict(engine, data, progress: bool = True):
+    """Fit "same person or not" on Img2ID distances between TRAINING images (same-person pairs
+    across cameras against as many different-person pairs), then score it on the test split's
+    images (query + gallery) the same way. Returns (verdict, scores)."""
+    from .retrieval import fit_verdict, verification_scores
+    train = load_split(data, "train", engine.embed_size, progress=progress)
+    verdict = fit_verdict(engine.embed_arrays(train.images), train.pids, train.camids)
+    q = load_split(data, "query", engine.embed_size, progress=progress)
+    g = load_split(data, "gallery", engine.embed_size, progress=progress)
+    feats = engine.embed_arrays(np.concatenate([q.images, g.images]))
+    scores = verification_scores(verdict, feats, np.concatenate([q.pids, g.pids]),
+                                 np.concatenate([q.camids, g.camids]))
+    return verdict, scores
 
 
 def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarray:
@@ -131,6 +147,9 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="img2id", choices=["img2id", "baseline"])
     p.add_argument("--post", nargs="+", default=["raw"], choices=POST,
                    help="retrieval variants: raw features, + NFC, + k-reciprocal re-ranking, both")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit the same-person verdict on the training split, save it as WEIGHTS/verdict.json, "
+                        "and report its ROC AUC and accuracy on the test split")
     p.add_argument("--json", default=None, help="write the metrics to this file")
     a = p.parse_args(argv)
     engine = ReIDEngine.from_pretrained(a.weights)
@@ -139,6 +158,14 @@ def main(argv=None) -> None:
         print(f"{a.model} {post:>10}: mAP {r['mAP']:.2%}  Rank-1 {r['rank1']:.2%}  Rank-5 {r['rank5']:.2%}  "
               f"Rank-10 {r['rank10']:.2%}  ID2 {r['id_density']:.3f}  ({r['num_query']} queries, "
               f"{r['num_gallery']} gallery)")
+    if a.calibrate:
+        from .weights import VERDICT_FILE
+        verdict, scores = calibrate_verdict(engine, a.data)
+        verdict.save(Path(a.weights) / VERDICT_FILE)
+        res["verdict"] = scores
+        print(f"verdict (fitted on {verdict.pairs} training pairs, threshold {verdict.threshold:.3f}): "
+              f"test ROC AUC {scores['roc_auc']:.3f}, accuracy {scores['accuracy']:.1%} on {scores['pairs']} pairs; "
+              f"saved {Path(a.weights) / VERDICT_FILE}")
     if a.json:
         atomic_write_json(a.json, res if len(res) > 1 else next(iter(res.values())))
 

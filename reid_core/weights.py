@@ -5,6 +5,7 @@ export and publish copy it.
     identities.json        {"pids": [...]}: the raw dataset pid of each table row
     training_log.json      per stage: steps, minutes, losses
     pose_library.json      the representative poses (optional)
+    verdict.json           P(same person | distance), fitted on training pairs (optional)
     <component>/config.json + diffusion_pytorch_model.safetensors   (save_pretrained)
 
 Nothing here unpickles: components load from safetensors, strictly.
@@ -18,7 +19,8 @@ PRESET_FILE = "preset.json"
 IDENTITIES_FILE = "identities.json"
 TRAINING_LOG = "training_log.json"
 POSE_LIBRARY_FILE = "pose_library.json"
-FILES = (PRESET_FILE, IDENTITIES_FILE, TRAINING_LOG, POSE_LIBRARY_FILE)
+VERDICT_FILE = "verdict.json"
+FILES = (PRESET_FILE, IDENTITIES_FILE, TRAINING_LOG, POSE_LIBRARY_FILE, VERDICT_FILE)
 REQUIRED = ("generator", "prior", "img2id", "img2noise")
 OPTIONAL = ("baseline", "pose_generator", "pose_encoder")
 COMPONENTS = REQUIRED + OPTIONAL

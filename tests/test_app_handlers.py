@@ -301,3 +301,11 @@ def test_warm_portraits_spare_reidentify_the_generator(engine, synthetic_market,
     assert not again.warm_done.is_set()
     again.warm_up()
     assert again.warm_done.is_set()
+
+
+def test_match_labels_say_who_where_and_how_likely():
+    from reid_core.engine import Match
+    assert common.match_label(Match("/x/0007_c2s1_01.jpg", 7, 1, 0.1234)) == "0.123 · pid 7 · cam 2"
+    assert common.match_label(Match("a/b.jpg", -1, -1, 0.5, "uploads", None, 0.873)) == \
+        "0.500 · a/b.jpg · same person 87%"
+    assert common.match_label(Match("/g/photo.png", -1, -1, 0.25)) == "0.250 · photo.png"

@@ -259,3 +259,21 @@ def test_evaluate_reports_each_retrieval_variant(engine, synthetic_market):
     dist = k_reciprocal_rerank(nfc(engine.embed_arrays(q.images)), nfc(engine.embed_arrays(g.images)))
     assert res["nfc+rerank"]["mAP"] == pytest.approx(evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids)[1])
     assert res["nfc"]["id_density"] < res["raw"]["id_density"]      # NFC pulls identities together
+
+
+def test_a_calibrated_verdict_travels_with_the_weights(tiny_weights, synthetic_market, tmp_path):
+    import shutil
+    from reid_core.evaluate import main as evaluate_main
+    w = tmp_path / "w"
+    shutil.copytree(tiny_weights, w)
+    evaluate_main(["--weights", str(w), "--data", str(synthetic_market), "--calibrate",
+                   "--json", str(tmp_path / "m.json")])
+    scores = json.loads((tmp_path / "m.json").read_text())["verdict"]
+    assert 0 <= scores["roc_auc"] <= 1 and scores["pairs"] > 0
+    engine = ReIDEngine.from_pretrained(w, device="cpu")
+    assert engine.verdict is not None
+    engine.index_gallery(synthetic_market)
+    hits = engine.search(sorted((synthetic_market / "query").glob("*.jpg"))[0], k=5)
+    probs = [h.same_probability for h in hits]
+    assert all(0 <= p <= 1 for p in probs) and probs == sorted(probs, reverse=True)   # nearer: likelier
+    assert ReIDEngine.from_pretrained(tiny_weights, device="cpu").verdict is None
