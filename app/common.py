@@ -157,17 +157,29 @@ def verdict_note(engine) -> str:
             f"calibrated on training-identity pairs ({v.threshold:.2f} is even odds)")
 
 
-def match_label(m) -> str:
+def name_identity(photo) -> tuple[int, int]:
+    """(pid, camera) when a photo's file name follows Market-1501 (a dataset crop), else (-1, -1)."""
+    from reid_core.data import DatasetError, parse_market_name
+    name = getattr(photo, "filename", None) or (photo if isinstance(photo, (str, Path)) else "")
+    try:
+        return parse_market_name(Path(str(name)).name)
+    except DatasetError:
+        return -1, -1
+
+
+def match_label(m, query_pid: int = -1) -> str:
     """Distance, then who and which camera when the name says, else the file name (an upload's
-    name as the visitor gave it: it may hold a slash); then how likely it is the same person,
-    when the weights carry a calibrated verdict."""
+    name as the visitor gave it: it may hold a slash); whether it is truly the query's person
+    when both names carry ids; how likely it is the same person by the calibrated verdict."""
     if m.pid >= 0:
         cam = f" · cam {m.camid + 1}" if m.camid >= 0 else ""
         label = f"{m.distance:.3f} · pid {m.pid}{cam}"
+        if query_pid >= 0:
+            label += " · ✅ same person" if m.pid == query_pid else " · ❌ another person"
     else:
         label = f"{m.distance:.3f} · {m.path if m.source == 'uploads' else Path(m.path).name}"
     if m.same_probability is not None:
-        label += f" · same person {m.same_probability:.0%}"
+        label += f" · P(same) {m.same_probability:.0%}"
     return label
 
 

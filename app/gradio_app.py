@@ -432,9 +432,12 @@ class ReIDApp:
         return None, self.gallery_status(None)
 
     @_plain_errors
-    def reidentify(self, photo, k, uploads=None):
-        """Photo -> (nearest training identities with portraits, nearest gallery images, caption)."""
+    def reidentify(self, photo, k, uploads=None, other_cameras: bool = True):
+        """Photo -> (nearest training identities with portraits, nearest gallery images, caption).
+        A dataset crop's name gives its person and camera: matches are marked right or wrong, and
+        with `other_cameras` its own camera's images are left out (the Market protocol)."""
         _need_photo(photo)
+        qpid, qcam = common.name_identity(photo)
         k = max(1, min(int(k or 5), 20))
         v = self.engine.embed([photo])[0]
         ids = self.engine.nearest_identities(v, k=k)
@@ -445,13 +448,18 @@ class ReIDApp:
                     for im, m in zip(portraits, ids)]
         gal_items, note = [], ""
         if (self.indexed_folder and self.engine.gallery is not None) or (uploads is not None and len(uploads)):
-            hits = self.engine.search(v, k=k, uploads=uploads, with_images=True)
-            gal_items = [(upscale(m.image, small), common.match_label(m)) for m in hits]
+            hits = self.engine.search(v, k=k, uploads=uploads, with_images=True,
+                                      skip_camera=qcam if other_cameras else None)
+            gal_items = [(upscale(m.image, small), common.match_label(m, qpid)) for m in hits]
+            if qpid >= 0:
+                right = sum(m.pid == qpid for m in hits)
+                note = (f" The query is a dataset crop (pid {qpid}, camera {qcam + 1}): {right} of {len(hits)} "
+                        f"matches are that person" + (f", camera {qcam + 1} left out." if other_cameras else "."))
         else:
             note = " No gallery yet: index a folder or add photos below to search images too."
         caption = (f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
-                   f"by Euclidean distance between Img2ID vectors (the number on each image)"
-                   f"{common.verdict_note(self.engine)}.{note}")
+                   f"by Euclidean distance between Img2ID vectors (the number on each image; smaller is more "
+                   f"alike){common.verdict_note(self.engine)}.{note}")
         return id_items, gal_items, caption
 
     def warm_portraits(self, seed: int = 0, batch: int = 64) -> None:
@@ -693,6 +701,9 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=300):
                     q_photo = photo_input(label="Query photo", height=260, elem_id="reid-photo", value=first)
                     q_k = gr.Slider(1, 20, value=5, step=1, label="k (matches to show)")
+                    q_other = gr.Checkbox(True, label="Other cameras only (Market protocol)", elem_id="reid-other",
+                                          info="leave out gallery images from the query's own camera "
+                                               "(known when its file name is a dataset name)")
                     q_btn = gr.Button("Re-identify", variant="primary", elem_id="reid-btn")
                     gr.Examples([[p] for p in examples], inputs=[q_photo], label="Example photos",
                                 examples_per_page=12)
@@ -721,7 +732,8 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                         with gr.Row():
                             up_btn = gr.Button("Add to my gallery", elem_id="add-btn")
                             clr_btn = gr.Button("Clear my photos")
-            q_btn.click(app.reidentify, [q_photo, q_k, uploads], [q_ids, q_gal, q_caption], api_name="reidentify",
+            q_btn.click(app.reidentify, [q_photo, q_k, uploads, q_other], [q_ids, q_gal, q_caption],
+                        api_name="reidentify",
                         **MODEL)
             idx_btn.click(app.index_folder, [folder, uploads], [status], api_name="index_folder",
                           concurrency_limit=1)

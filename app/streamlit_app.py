@@ -307,6 +307,9 @@ def tab_reid(engine, scale, folders):
     with left:
         photo = photo_picker(engine, "reid", "Query photo")
         k = st.slider("k (matches to show)", 1, 20, 5, key="reid-k")
+        other = st.checkbox("Other cameras only (Market protocol)", True, key="reid-other",
+                            help="leave out gallery images from the query's own camera (known when its file "
+                                 "name is a dataset name)")
         go = st.button("Re-identify", type="primary", key="reid-btn")
     with right:
         if go:
@@ -318,9 +321,17 @@ def tab_reid(engine, scale, folders):
                 st.markdown("**Nearest training identities** (generated portraits)")
                 show_images(st, portraits, [f"{m.distance:.3f} · #{m.index} (pid {m.pid})" for m in ids], scale)
                 if (g is not None and len(g)) or n_up:
-                    hits = engine.search(v, k=k, uploads=uploads, with_images=True)
-                    st.markdown("**Nearest gallery images**" + common.verdict_note(engine).replace(";", " —", 1))
-                    show_images(st, [m.image for m in hits], [common.match_label(m) for m in hits], scale)
+                    up = st.session_state.get("reid-upload")
+                    qpid, qcam = common.name_identity(up.name if up is not None else photo)
+                    hits = engine.search(v, k=k, uploads=uploads, with_images=True,
+                                         skip_camera=qcam if other else None)
+                    st.markdown("**Nearest gallery images** (distance: smaller is more alike)"
+                                + common.verdict_note(engine).replace(";", " —", 1))
+                    show_images(st, [m.image for m in hits], [common.match_label(m, qpid) for m in hits], scale)
+                    if qpid >= 0:
+                        st.caption(f"The query is a dataset crop (pid {qpid}, camera {qcam + 1}): "
+                                   f"{sum(m.pid == qpid for m in hits)} of {len(hits)} matches are that person"
+                                   + (f", camera {qcam + 1} left out." if other else "."))
                 else:
                     st.info("No gallery yet: index a folder or add photos to search images too.")
             except (ValueError, *BAD_IMAGE) as e:

@@ -575,10 +575,13 @@ class ReIDEngine:
             h, w = self.image_size
             return Image.new("RGB", (w, h), (200, 200, 200))
 
-    def search(self, query, k: int = 10, uploads: Gallery | None = None, with_images: bool = False) -> list[Match]:
+    def search(self, query, k: int = 10, uploads: Gallery | None = None, with_images: bool = False,
+               skip_camera: int | None = None) -> list[Match]:
         """The k images nearest to `query` (a photo, or an Img2ID vector) over the indexed gallery
         and `uploads` (a visitor's own, from `gallery_from_photos`), by Euclidean distance between
-        Img2ID vectors; ties keep gallery order. `with_images` attaches each hit's picture."""
+        Img2ID vectors; ties keep gallery order. `with_images` attaches each hit's picture;
+        `skip_camera` leaves out the images of that camera (the query's own: the Market protocol
+        asks for a match seen by another camera)."""
         sources = [(name, g) for name, g in (("indexed", self.gallery), ("uploads", uploads))
                    if g is not None and len(g)]
         if not sources:
@@ -586,10 +589,14 @@ class ReIDEngine:
         q = np.asarray(query, np.float32)[None] if isinstance(query, np.ndarray) and query.ndim == 1 \
             else self.embed([query])
         d = np.concatenate([pairwise_distance(q, g.features)[0] for _, g in sources])
+        if skip_camera is not None and skip_camera >= 0:
+            cams = np.concatenate([g.camids for _, g in sources])
+            d = np.where(cams == skip_camera, np.inf, d)
         owner = np.concatenate([np.full(len(g), s) for s, (_, g) in enumerate(sources)])
         row = np.concatenate([np.arange(len(g)) for _, g in sources])
-        k = max(1, min(int(k), len(d)))
+        k = max(1, min(int(k), int(np.isfinite(d).sum())))
         top = np.argsort(d, kind="stable")[:k]
+        top = top[np.isfinite(d[top])]
         out = []
         for i in top:
             name, g = sources[owner[i]]

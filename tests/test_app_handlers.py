@@ -234,6 +234,12 @@ def test_reidentify_with_folder_and_uploads(app, engine, photo, synthetic_market
     # the query's own person is among the nearest gallery images (synthetic persons are easy)
     qpid = int(Path(photo).name.split("_")[0])
     assert any(f"pid {qpid}" in c for _, c in gal)
+    # a dataset crop: right and wrong matches are marked, and its own camera is left out by default
+    qcam = int(Path(photo).name.split("_c")[1][0])
+    assert all(("✅ same person" in c) == (f"pid {qpid} " in c + " ") for _, c in gal)
+    assert all(f"cam {qcam}" not in c for _, c in gal) and f"camera {qcam} left out" in cap
+    _, every_cam, cap2 = app.reidentify(photo, 20, None, False)
+    assert any(f"cam {qcam}" in c for _, c in every_cam) and "left out" not in cap2
     # a visitor's own photos: bad files are skipped with a warning, good ones added
     state, status = app.add_uploads([photo, str(uploads["not_image"]), str(uploads["gray"])], None)
     assert len(state) == 2 and "2 of your own photos" in status
@@ -307,5 +313,9 @@ def test_match_labels_say_who_where_and_how_likely():
     from reid_core.engine import Match
     assert common.match_label(Match("/x/0007_c2s1_01.jpg", 7, 1, 0.1234)) == "0.123 · pid 7 · cam 2"
     assert common.match_label(Match("a/b.jpg", -1, -1, 0.5, "uploads", None, 0.873)) == \
-        "0.500 · a/b.jpg · same person 87%"
+        "0.500 · a/b.jpg · P(same) 87%"
+    assert common.match_label(Match("/x/0007_c2s1_01.jpg", 7, 1, 0.1), query_pid=7).endswith("✅ same person")
+    assert common.match_label(Match("/x/0008_c2s1_01.jpg", 8, 1, 0.1), query_pid=7).endswith("❌ another person")
+    assert common.name_identity("/tmp/gradio/ab12/0042_c3s2_000100_01.jpg") == (42, 2)
+    assert common.name_identity("holiday.jpg") == (-1, -1)
     assert common.match_label(Match("/g/photo.png", -1, -1, 0.25)) == "0.250 · photo.png"

@@ -277,3 +277,13 @@ def test_a_calibrated_verdict_travels_with_the_weights(tiny_weights, synthetic_m
     probs = [h.same_probability for h in hits]
     assert all(0 <= p <= 1 for p in probs) and probs == sorted(probs, reverse=True)   # nearer: likelier
     assert ReIDEngine.from_pretrained(tiny_weights, device="cpu").verdict is None
+
+
+def test_search_can_leave_out_the_querys_camera(engine, synthetic_market):
+    gallery = engine.index_gallery(synthetic_market)
+    query = sorted((synthetic_market / "query").glob("*.jpg"))[0]
+    cam = int(query.name.split("_c")[1][0]) - 1
+    hits = engine.search(query, k=len(gallery), skip_camera=cam)
+    assert hits and all(h.camid != cam for h in hits)
+    assert len(hits) == int((gallery.camids != cam).sum())
+    assert len(engine.search(query, k=len(gallery))) == len(gallery)
