@@ -10,7 +10,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=None,
                    help="weights folder or Hugging Face Hub repo id (default: $REID_WEIGHTS, else weights/)")
     p.add_argument("--gallery", default=None, help="a gallery folder to offer and index at start-up "
-                   "(Market-1501 layout or plain images)")
+                   "(Market-1501 layout or plain images; default: the demo dataset when it sits beside "
+                   "the project, ../shared/datasets/cuhk03-pair1)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 to serve others)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--concurrency", type=int, default=2, help="simultaneous model calls (default: 2, one per core)")
@@ -18,7 +19,10 @@ def main(argv=None) -> int:
                    help="do not index the gallery / fit the identity map in the background at start")
     args = p.parse_args(argv)
     from reid_core.engine import WeightsError
+    from .common import DEMO_DATASET
     from .gradio_app import launch
+    if args.gallery is None and DEMO_DATASET.is_dir():
+        args.gallery = str(DEMO_DATASET)
     try:
         launch(args.weights, args.gallery, args.host, args.port, args.concurrency, warm_up=not args.no_warm_up)
     except WeightsError as e:

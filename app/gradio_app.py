@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -792,8 +793,15 @@ def launch(weights: str | None = None, gallery: str | None = None, host: str = "
                                         threads=max(1, (os.cpu_count() or 1) // max(1, concurrency)))
     demo = build_demo(engine, gallery)
     result = serve(demo, host, port, block=False, concurrency=concurrency)
+    print(f"Serving the demo at {result[1]}", flush=True)
     if warm_up:  # after the server is up: the page is served at once, the rest fills in
-        threading.Thread(target=demo.reid_app.warm_up, name="warm-up", daemon=True).start()
+        def warm():
+            t0 = time.perf_counter()
+            demo.reid_app.warm_up()
+            print(f"ready: every tab warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
+        threading.Thread(target=warm, name="warm-up", daemon=True).start()
+    else:
+        print("ready", flush=True)
     if block:
         demo.block_thread()
     return demo, result
