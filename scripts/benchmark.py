@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from reid_core.data import DEMO_DATA, load_split
 from reid_core.engine import Gallery, ReIDEngine, psnr
-from reid_core.evaluate import evaluate, generate_rows, identity_consistency
+from reid_core.evaluate import calibrate_verdict, evaluate, evaluate_variants, generate_rows, identity_consistency
 from timing import timeit  # scripts/timing.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,16 @@ def bench_reid(engine, data) -> dict:
     out = {"img2id": evaluate(engine, data, "img2id", progress=False)}
     if engine.baseline is not None:
         out["baseline"] = evaluate(engine, data, "baseline", progress=False)
+    return out
+
+
+def bench_retrieval(engine, data) -> dict:
+    """Raw / + NFC / + re-ranking / both, for Img2ID and the baseline; the same-person verdict
+    (fitted on the training split, scored on test pairs)."""
+    out = {m: evaluate_variants(engine, data, m, progress=False)
+           for m in ("img2id", "baseline") if m == "img2id" or engine.baseline is not None}
+    verdict, scores = calibrate_verdict(engine, data, progress=False)
+    out["verdict"] = {**scores, "coef": verdict.coef, "intercept": verdict.intercept, "train_pairs": verdict.pairs}
     return out
 
 
@@ -247,6 +257,15 @@ def summary_rows(res: dict) -> list[str]:
     if "baseline" in r:
         out.append(f"| baseline mAP / Rank-1 | {_pct(r['baseline']['mAP'])} / {_pct(r['baseline']['rank1'])} | "
                    f"≥ 36% {_mark(r['baseline']['mAP'] >= T['baseline_mAP'])} |")
+    rv = res.get("retrieval", {})
+    if "img2id" in rv:
+        raw = rv["img2id"]["raw"]["mAP"]
+        best = max(rv["img2id"].items(), key=lambda kv: kv[1]["mAP"])
+        out.append(f"| best retrieval variant vs raw Img2ID (test mAP) | {best[0]}: {_pct(best[1]['mAP'])} vs "
+                   f"{_pct(raw)} ({100 * (best[1]['mAP'] - raw):+.1f}) | ≥ +8 {_mark(best[1]['mAP'] - raw >= 0.08)} |")
+    if "verdict" in rv:
+        out.append(f"| same/different verification ROC AUC, test pairs | {rv['verdict']['roc_auc']:.3f} | ≥ 0.90 "
+                   f"{_mark(rv['verdict']['roc_auc'] >= 0.90)} |")
     t = res.get("training", {})
     if "pipeline" in t:
         w = t["pipeline"]["wall_minutes"]
@@ -273,6 +292,24 @@ def report(res: dict, out: Path) -> str:
               "| model | feature | mAP | Rank-1 | Rank-5 | Rank-10 |", "| --- | --- | --- | --- | --- | --- |"]
         for name, m in r.items():
             L.append(f"| {name} | {m['metric']} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['rank10'])} |")
+        L.append("")
+    rv = res.get("retrieval")
+    if rv:
+        L += ["## Retrieval beyond the raw feature (training-free; `reid_core/retrieval.py`)", "",
+              "NFC: each feature plus its mutual nearest neighbours (k1 = k2 = 2), within the gallery and within "
+              "the queries. Re-ranking: k-reciprocal (k1 = 20, k2 = 6, λ = 0.3). ID²: mean distance of the "
+              "normalised gallery features to their identity centre (lower is tighter).", "",
+              "| model | variant | mAP | Rank-1 | Rank-5 | ID² |", "| --- | --- | --- | --- | --- | --- |"]
+        for model in ("img2id", "baseline"):
+            for post, m in rv.get(model, {}).items():
+                L.append(f"| {model} | {post} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | "
+                         f"{m['id_density']:.3f} |")
+        v = rv.get("verdict")
+        if v:
+            L += ["", f"**Same person or not** (Img2ID distance, logistic fit on {v['train_pairs']:,} training pairs; "
+                      f"even odds at distance {v['threshold']:.3f}): test ROC AUC **{v['roc_auc']:.3f}**, accuracy "
+                      f"{_pct(v['accuracy'])} on {v['pairs']:,} balanced test pairs (same person across cameras vs "
+                      f"different people)."]
         L.append("")
     c = res.get("consistency")
     if c and "top1" in c:
@@ -380,7 +417,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="rebuild BENCHMARKS.md from benchmarks.json")
     ap.add_argument("--sections", nargs="+",
-                    default=["reid", "consistency", "inversion", "speed", "pose", "pictures"])
+                    default=["reid", "retrieval", "consistency", "inversion", "speed", "pose", "pictures"])
     a = ap.parse_args()
     if a.report_only:
         res = json.loads((a.out / "benchmarks.json").read_text())
@@ -395,6 +432,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "sample_steps": engine.preset.sample_steps,
            "weights_mb": _weights_mb(a.weights), "training": _training(a.weights)}
     steps = {"reid": lambda: bench_reid(engine, a.data),
+             "retrieval": lambda: bench_retrieval(engine, a.data),
              "consistency": lambda: bench_consistency(engine, a.data, a.quick),
              "inversion": lambda: bench_inversion(engine, a.data, a.quick),
              "speed": lambda: bench_speed(engine, a.weights, a.quick),

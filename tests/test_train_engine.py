@@ -287,3 +287,11 @@ def test_search_can_leave_out_the_querys_camera(engine, synthetic_market):
     assert hits and all(h.camid != cam for h in hits)
     assert len(hits) == int((gallery.camids != cam).sum())
     assert len(engine.search(query, k=len(gallery))) == len(gallery)
+
+
+def test_the_shipped_weights_load_and_generate():
+    """The README's first command serves weights/: they must load with this code, strictly."""
+    engine = ReIDEngine.from_pretrained(ROOT / "weights", device="cpu")
+    img = engine.generate(0, seed=0)[0]
+    assert img.size == (engine.image_size[1], engine.image_size[0]) and np.asarray(img).std() > 5
+    assert engine.baseline is not None and engine.pose_library() is not None
