@@ -9,6 +9,7 @@ with a plain message; the server keeps serving.
 from __future__ import annotations
 
 import functools
+import re
 import hashlib
 import os
 import threading
@@ -33,6 +34,23 @@ from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING
 TITLE = "Generative person re-identification"
 CONCURRENCY = 2  # simultaneous model calls: one per core of a 2-core CPU
 ERROR_SECONDS = 10  # how long an error message stays on screen
+_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\s'"\\/]+)+[\\/]([^\s'"\\/]+)""")
+
+
+def plain(message: str) -> str:
+    """A message fit for a visitor: every file path shortened to its file name."""
+    return _PATH.sub(r"\1", str(message))
+
+
+def user_error(message: str) -> gr.Error:
+    """An error shown to the visitor; the server log gets one line, no traceback, no path."""
+    message = plain(message)
+    print(f"handled: {message}", flush=True)
+    return gr.Error(message, duration=ERROR_SECONDS, print_exception=False)
+
+
+def user_warning(message: str) -> None:
+    gr.Warning(plain(message))
 # Every event that runs a network shares one queue of CONCURRENCY workers (one per core);
 # the identity map (which may wait for the UMAP fit) and the slow jobs have their own.
 MODEL = dict(concurrency_id="model")
@@ -83,9 +101,8 @@ def _safe_preprocess(image: gr.Image, payload):
         raise
     except Exception as e:  # UnidentifiedImageError, DecompressionBombError, OSError ...
         if "DecompressionBomb" in type(e).__name__:
-            raise gr.Error(common.TOO_LARGE, duration=ERROR_SECONDS) from None
-        raise gr.Error("That file is not an image (JPEG, PNG, BMP, WebP ...) or it is damaged.",
-                       duration=ERROR_SECONDS) from None
+            raise user_error(common.TOO_LARGE) from None
+        raise user_error("That file is not an image (JPEG, PNG, BMP, WebP ...) or it is damaged.") from None
 
 
 def photo_input(**kwargs) -> gr.Image:
@@ -127,11 +144,11 @@ def _plain_errors(fn):
         except gr.Error:
             raise
         except ImageError as e:
-            raise gr.Error(f"That photo cannot be used: {e}", duration=ERROR_SECONDS) from None
+            raise user_error(f"That photo cannot be used: {e}") from None
         except Image.DecompressionBombError:  # beyond PIL's own limit, before the engine's check
-            raise gr.Error(common.TOO_LARGE, duration=ERROR_SECONDS) from None
+            raise user_error(common.TOO_LARGE) from None
         except (ValueError, DatasetError, FileNotFoundError) as e:
-            raise gr.Error(str(e), duration=ERROR_SECONDS) from None
+            raise user_error(str(e)) from None
     return wrapper
 
 
@@ -148,7 +165,7 @@ def _library_skeleton(engine, k) -> Image.Image | None:
 
 def _need_photo(photo) -> None:
     if photo is None:
-        raise gr.Error("Upload a photo first (or click one of the example photos).", duration=ERROR_SECONDS)
+        raise user_error("Upload a photo first (or click one of the example photos).")
 
 
 class ReIDApp:
@@ -187,10 +204,10 @@ class ReIDApp:
             pose = int(pose_index or 0)
         elif pose_mode == PHOTO_POSE:
             if pose_photo is None:
-                raise gr.Error("Upload the photo whose pose to follow.", duration=ERROR_SECONDS)
+                raise user_error("Upload the photo whose pose to follow.")
             pose = pose_photo
         if pose is not None and not self.engine.has_pose_model:
-            raise gr.Error("These weights have no pose-conditioned generator.", duration=ERROR_SECONDS)
+            raise user_error("These weights have no pose-conditioned generator.")
         if pose is None:
             images = self._generate_cached(vector, seed_list, steps)
         else:
@@ -370,7 +387,7 @@ class ReIDApp:
         g = self.engine.gallery
         parts = []
         if g is not None and self.indexed_folder:
-            parts.append(f"{len(g)} images indexed from `{self.indexed_folder}`")
+            parts.append(f"{len(g)} images indexed from `{Path(self.indexed_folder).name}`")
         if uploads is not None and len(uploads):
             parts.append(f"{len(uploads)} of your own photos (kept in your session only)")
         return "**Gallery:** " + (" + ".join(parts) if parts else "empty. Index a folder or add photos below.")
@@ -424,7 +441,7 @@ class ReIDApp:
         paths = [getattr(f, "name", f) for f in files]
         new, problems = common.add_uploads(self.engine, uploads, paths, [Path(p).name for p in paths])
         for p in problems:
-            gr.Warning(p)
+            user_warning(p)
         if len(new) == (len(uploads) if uploads is not None else 0):
             raise ImageError("none of those files could be used: " + "; ".join(problems))
         return new, self.gallery_status(new)
@@ -720,7 +737,8 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                 status = gr.Markdown(app.gallery_status(), elem_id="gallery-status")
                 with gr.Row():
                     with gr.Column():
-                        folder = gr.Dropdown(app.gallery_folders, value=app.startup_gallery or
+                        folder = gr.Dropdown([(Path(f).name, f) for f in app.gallery_folders],
+                                             value=app.startup_gallery or
                                              (app.gallery_folders[0] if app.gallery_folders else None),
                                              label="Gallery folder offered by this server", elem_id="gallery-folder",
                                              info="Market-1501 layout (bounding_box_test) or a folder of images")

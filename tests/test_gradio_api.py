@@ -113,12 +113,17 @@ def test_identity_map(client, photo):
     ("tiny", "too small"),
 ])
 def test_bad_uploads_are_refused_plainly_and_the_server_keeps_serving(client, server, uploads, photo, kind,
-                                                                       message):
+                                                                       message, capfd):
     from gradio_client.exceptions import AppError
-    with pytest.raises(AppError, match=message):
+    capfd.readouterr()
+    with pytest.raises(AppError, match=message) as refused:
         client.predict(_file(uploads[kind]), "img2noise", api_name="/invert")
+    assert "/" not in str(refused.value).split(message)[-1], "no server path in the message"
     with pytest.raises(AppError, match=message):
         client.predict(_file(uploads[kind]), 5, api_name="/reidentify")
+    log = "".join(capfd.readouterr())
+    assert "Traceback" not in log and "/tmp/" not in log                       # quiet and pathless
+    assert sum(line.startswith("handled:") for line in log.splitlines()) == 2   # one line per refusal
     assert _get(server) == 200
     *_, cap = client.predict(_file(photo), "img2noise", api_name="/invert")
     assert "PSNR" in cap
