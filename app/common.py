@@ -27,7 +27,7 @@ METHODS = ("img2noise", "ddim")
 MAX_SEEDS = 16
 SCALE = 4            # display upscaling of model-size images (64x32 -> 256x128)
 MAX_UPLOADS = 200    # photos one visitor may add to their own gallery
-TOO_LARGE = "That photo cannot be used: it is far too large (over 179 Mpixels); send a smaller one."
+TOO_LARGE = "That photo cannot be used: it is far too large (over 179 Mpixels); send one under 64 Mpixels."
 BAD_IMAGE = (ImageError, Image.DecompressionBombError)  # what reading an upload can raise
 
 

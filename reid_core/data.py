@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ _NAME = re.compile(r"^([-\d]+)_c(\d+)")
 # The dataset the studio is developed and measured on, when it sits beside the project.
 DEMO_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cuhk03-pair1"
 MIN_SIDE = 8            # smaller than this holds no person
-MAX_PIXELS = 120_000_000  # 10,000 x 10,000 passes; beyond this decoding alone risks the server's memory
+MAX_PIXELS = 64_000_000   # 8,000 x 8,000: more than any camera's photo; larger is refused before decoding
 
 
 class DatasetError(ValueError):
@@ -103,7 +104,9 @@ def load_image(source) -> Image.Image:
         try:
             data = source if isinstance(source, (bytes, bytearray)) else None
             fp = io.BytesIO(data) if data is not None else source
-            img = Image.open(fp)
+            with warnings.catch_warnings():   # our own, lower limit answers below, before decoding
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(fp)
         except FileNotFoundError:
             raise ImageError(f"{source}: file not found") from None
         except Image.DecompressionBombError as e:  # PIL refuses > ~179 Mpixel headers outright

@@ -111,6 +111,7 @@ def test_identity_map(client, photo):
     ("not_image", "not an image"),
     ("truncated", "damaged or truncated"),
     ("tiny", "too small"),
+    ("huge", "Mpixel limit"),
 ])
 def test_bad_uploads_are_refused_plainly_and_the_server_keeps_serving(client, server, uploads, photo, kind,
                                                                        message, capfd):
@@ -129,7 +130,7 @@ def test_bad_uploads_are_refused_plainly_and_the_server_keeps_serving(client, se
     assert "PSNR" in cap
 
 
-@pytest.mark.parametrize("kind", ["rgba", "gray", "huge"])
+@pytest.mark.parametrize("kind", ["rgba", "gray"])
 def test_odd_uploads_work(client, uploads, kind):
     *_, cap = client.predict(_file(uploads[kind]), "img2noise", api_name="/invert")
     assert "PSNR" in cap
