@@ -674,6 +674,19 @@ def load_pose_annotations(path) -> dict[str, np.ndarray | None]:
     return out
 
 
+def is_whole_body(keypoints18: Any, min_visible: int = 14, min_height: float = 0.5, min_width: float = 0.08,
+                  min_conf: float = 0.3) -> bool:
+    """A pose a user would call a person: at least `min_visible` of the 18 joints confident,
+    spread over at least `min_height` of the crop's height (and `min_width` of its width), so
+    a collapsed detection (every joint in one spot) or a head and one arm never qualify."""
+    k = _as_keypoints18(keypoints18)
+    ok = np.isfinite(k).all(axis=1) & (k[:, 2] >= min_conf)
+    if ok.sum() < min_visible:
+        return False
+    xy = k[ok, :2]
+    return bool(np.ptp(xy[:, 1]) >= min_height and np.ptp(xy[:, 0]) >= min_width)
+
+
 def normalised_pose(keypoints18: Any, min_conf: float = 0.3) -> np.ndarray | None:
     """(18, 3) -> (36,) coordinates centred on the neck and scaled by the torso length,
     unconfident joints at 0; None when neck or hips are missing. Used to compare poses."""

@@ -329,3 +329,19 @@ def test_real_query_crops(extractor):
             correct, considered = correct + c, considered + m
     assert found >= 8, f"found only {found}/10 people"
     assert considered >= 50 and correct / considered >= 0.75, (correct, considered)
+
+
+def test_whole_body_rule_rejects_partial_and_collapsed_poses():
+    from reid_core.synthetic import _keypoints
+    body = np.array(_keypoints(32, 0, (128, 64)), np.float32)
+    assert P.is_whole_body(body)
+    dot = body.copy()
+    dot[:, 0] = 0.5 + 0.03 * (dot[:, 0] - 0.5)      # every joint within ~6% of the width ...
+    dot[:, 1] = 0.5 + 0.02 * (dot[:, 1] - 0.5)      # ... and 2% of the height: one spot
+    assert not P.is_whole_body(dot)
+    head_and_arm = body.copy()
+    head_and_arm[[1, 5, 6, 7, 8, 9, 10, 11, 12, 13], 2] = 0.0   # only 8 joints confident
+    assert not P.is_whole_body(head_and_arm)
+    short = body.copy()
+    short[:, 1] = 0.2 + 0.45 * short[:, 1]          # spans less than half the height
+    assert not P.is_whole_body(short)

@@ -121,15 +121,17 @@ def build_pose_library(images_u8: np.ndarray, labels: np.ndarray, paths: list[st
     """Pose2ID's representative poses: per identity, the annotated image closest to the
     identity's mean Img2ID feature; then `pose_library_size` distinct poses among them
     (k-means on neck-centred, torso-scaled keypoints; each cluster's medoid), ordered by
-    body direction (signed shoulder width: facing the camera ... facing away)."""
+    body direction (signed shoulder width: facing the camera ... facing away). Only whole
+    bodies are candidates (`reid_core.pose.is_whole_body`): a crop where the extractor found
+    part of a person never enters the library."""
     from sklearn.cluster import KMeans
-    from ..pose import normalised_pose
+    from ..pose import is_whole_body, normalised_pose
     with torch.inference_mode():
         feats = torch.cat([img2id.embed(to_tensor(images_u8[i:i + 256]).to(device)).float().cpu()
                            for i in range(0, len(images_u8), 256)]).numpy()
     reps, rep_idx = [], []
     for lab in np.unique(labels):
-        members = [i for i in np.flatnonzero(labels == lab) if kps[i] is not None]
+        members = [i for i in np.flatnonzero(labels == lab) if kps[i] is not None and is_whole_body(kps[i])]
         vecs = [normalised_pose(kps[i]) for i in members]
         members = [m for m, v in zip(members, vecs) if v is not None]
         if not members:
