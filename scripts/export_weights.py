@@ -20,9 +20,15 @@ from safetensors.torch import load_file, save_file
 
 
 from reid_core.engine import ReIDEngine
+from reid_core.io import atomic_write_json
 from reid_core.weights import COMPONENTS, FILES
 
-KEEP_FP32 = ("prior", "baseline")  # normalisation statistics and BatchNorm running stats: small, keep exact
+# normalisation statistics (the prior's mean/std, BatchNorm running stats) stay exact; they are tiny
+KEEP_FP32_TENSORS = ("running_mean", "running_var", "mean", "std")
+
+
+def keep_fp32(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in KEEP_FP32_TENSORS
 
 
 def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None) -> None:
@@ -37,8 +43,9 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None) -
         shutil.copy(src / "config.json", dst / "config.json")
         for st in src.glob("*.safetensors"):
             tensors = load_file(st)
-            if fp16 and comp not in KEEP_FP32:
-                tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+            if fp16:
+                tensors = {k: v.half() if v.is_floating_point() and not keep_fp32(k) else v
+                           for k, v in tensors.items()}
             save_file(tensors, dst / st.name, metadata={"format": "pt"})
     for f in FILES:
         if (run / f).exists():
@@ -47,23 +54,29 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None) -
         log = json.loads((out / "training_log.json").read_text())
         log.update({k: v for k, v in json.loads((baseline_run / "training_log.json").read_text()).items()
                     if k == "baseline"})
-        (out / "training_log.json").write_text(json.dumps(log, indent=2))
+        atomic_write_json(out / "training_log.json", log)
 
 
-def compare(run: Path, out: Path) -> dict:
+def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
     """What the export changed: max pixel difference of generated images, embedding drift."""
     torch.set_num_threads(1)
     a = ReIDEngine.from_pretrained(run, device="cpu", load_baseline=False)
-    b = ReIDEngine.from_pretrained(out, device="cpu", load_baseline=False)
+    b = ReIDEngine.from_pretrained(out, device="cpu")
     rows = list(range(0, a.num_identities, max(1, a.num_identities // 16)))
     ia = np.stack([np.asarray(im) for im in a.generate(a.identity_table[rows], seed=1)]).astype(int)
     ib = np.stack([np.asarray(im) for im in b.generate(a.identity_table[rows], seed=1)]).astype(int)
     imgs = ia.astype(np.uint8)
     ea, eb = a.embed_arrays(imgs), b.embed_arrays(imgs)
     spread = float(np.mean(np.linalg.norm(ea[:, None] - ea[None], axis=-1)))
-    return {"max_pixel_diff": int(np.abs(ia - ib).max()), "mean_pixel_diff": float(np.abs(ia - ib).mean()),
-            "embedding_drift": float(np.linalg.norm(ea - eb, axis=1).mean()),
-            "embedding_spread": spread}
+    res = {"max_pixel_diff": int(np.abs(ia - ib).max()), "mean_pixel_diff": float(np.abs(ia - ib).mean()),
+           "embedding_drift": float(np.linalg.norm(ea - eb, axis=1).mean()),
+           "embedding_spread": spread}
+    from reid_core.weights import has_component, load_component
+    if b.baseline is not None and baseline_run is not None and has_component(baseline_run, "baseline"):
+        from reid_core.models.baseline_net import classify_images  # the judge: does the cast change its verdicts?
+        ref = load_component(baseline_run, "baseline")
+        res["baseline_same_class"] = float(np.mean(classify_images(ref, imgs) == classify_images(b.baseline, imgs)))
+    return res
 
 
 def main() -> None:
@@ -76,7 +89,7 @@ def main() -> None:
     export(a.run, a.out, a.fp16, a.baseline_run)
     size = sum(f.stat().st_size for f in a.out.rglob("*") if f.is_file())
     print(f"exported to {a.out}: {size / 2**20:.1f} MiB")
-    print(json.dumps(compare(a.run, a.out), indent=2))
+    print(json.dumps(compare(a.run, a.out, a.baseline_run or a.run), indent=2))
 
 
 if __name__ == "__main__":
