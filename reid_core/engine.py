@@ -341,7 +341,12 @@ class ReIDEngine:
         if not 1 <= n <= 10_000:
             raise ValueError("n must lie in 1..10000")
         g = torch.Generator().manual_seed(int(seed))
-        return sample_prior(self.prior, n, g, self.preset.prior_sample_steps, self.device).cpu().numpy()
+        z = sample_prior(self.prior, n, g, self.preset.prior_sample_steps, self.device).cpu().numpy()
+        if self.generator.config.normalize_table:
+            # the generator only ever saw identities on the unit sphere (its rows, Img2ID's
+            # vectors): a prior sample off it (their norms came out 2-6) renders as noise
+            z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        return z
 
     # ------------------------------------------------------------ latent axes (the sliders)
     @property

@@ -295,3 +295,11 @@ def test_the_shipped_weights_load_and_generate():
     img = engine.generate(0, seed=0)[0]
     assert img.size == (engine.image_size[1], engine.image_size[0]) and np.asarray(img).std() > 5
     assert engine.baseline is not None and engine.pose_library() is not None
+
+
+def test_new_identities_live_where_the_generator_learned_them(engine):
+    new = engine.sample_identities(16, seed=3)
+    rows = np.linalg.norm(engine.identity_table, axis=1)
+    assert engine.generator.config.normalize_table and np.allclose(rows, 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1, atol=1e-5)   # on the table's sphere
+    assert np.array_equal(new, engine.sample_identities(16, seed=3))          # seeded
