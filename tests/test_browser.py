@@ -126,7 +126,7 @@ def test_every_tab(server, browser, synthetic_market, tmp_path):
     d = browser
     d.get(server)
     _wait(d, lambda d: "Generative person re-identification" in d.page_source, 60, "the page")
-    assert d.title == "Generative person re-identification"
+    _wait(d, lambda d: d.title == "Generative person re-identification", 30, "the app's page title")
     query = sorted((synthetic_market / "query").glob("*.jpg"))[0]
 
     # ---- Generate: the first visit already shows a result; generate 8 more
