@@ -19,10 +19,10 @@ def main(argv=None) -> int:
                    help="do not index the gallery / fit the identity map in the background at start")
     args = p.parse_args(argv)
     from reid_core.engine import WeightsError
-    from .common import DEMO_DATASET
+    from reid_core.data import DEMO_DATA
     from .gradio_app import launch
-    if args.gallery is None and DEMO_DATASET.is_dir():
-        args.gallery = str(DEMO_DATASET)
+    if args.gallery is None and DEMO_DATA.is_dir():
+        args.gallery = str(DEMO_DATA)
     try:
         launch(args.weights, args.gallery, args.host, args.port, args.concurrency, warm_up=not args.no_warm_up)
     except WeightsError as e:

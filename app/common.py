@@ -12,12 +12,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from reid_core.data import DEMO_DATA, ImageError, cache_dir
+from reid_core.data import DEMO_DATA, DatasetError, ImageError, cache_dir, parse_market_name
 from reid_core.explore import IdentityMap, grid, noise_to_image, upscale  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-DEMO_DATASET = DEMO_DATA
 DEFAULT_WEIGHTS = "weights"
 
 TRAINING, PRIOR, PHOTO = "Training identity", "New identity (prior)", "From a photo"
@@ -61,8 +60,8 @@ def gallery_choices(cli_gallery: str | None = None) -> list[str]:
     out = []
     if cli_gallery:
         out.append(str(Path(cli_gallery).expanduser().resolve()))
-    if DEMO_DATASET.is_dir() and str(DEMO_DATASET.resolve()) not in out:
-        out.append(str(DEMO_DATASET.resolve()))
+    if DEMO_DATA.is_dir() and str(DEMO_DATA.resolve()) not in out:
+        out.append(str(DEMO_DATA.resolve()))
     return out
 
 
@@ -143,14 +142,9 @@ def add_uploads(engine, uploads, photos: Sequence, names: Sequence[str]):
     return engine.gallery_from_photos(photos, names, base=uploads, limit=MAX_UPLOADS)
 
 
-def empty_uploads(engine):
-    """A visitor's gallery before they add anything."""
-    return engine.gallery_from_photos([], [])[0]
-
-
 def verdict_note(engine) -> str:
     """What "same person NN%" means, when the weights carry a verdict."""
-    v = getattr(engine, "verdict", None)
+    v = engine.verdict
     if v is None:
         return ""
     return (f"; \"same person\" is the probability that a gallery image shows the query's person, "
@@ -159,7 +153,6 @@ def verdict_note(engine) -> str:
 
 def name_identity(photo) -> tuple[int, int]:
     """(pid, camera) when a photo's file name follows Market-1501 (a dataset crop), else (-1, -1)."""
-    from reid_core.data import DatasetError, parse_market_name
     name = getattr(photo, "filename", None) or (photo if isinstance(photo, (str, Path)) else "")
     try:
         return parse_market_name(Path(str(name)).name)
@@ -188,7 +181,7 @@ def example_photos(engine, n_real: int = 5) -> list[str]:
     """Example photo paths: files in app/examples/, real query crops from the demo dataset
     (read in place, never copied), and generated persons made from the loaded weights."""
     out = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    q = DEMO_DATASET / "query"
+    q = DEMO_DATA / "query"
     if q.is_dir():
         files = sorted(p for p in q.iterdir() if p.suffix.lower() == ".jpg")
         if files:

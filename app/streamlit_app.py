@@ -25,7 +25,6 @@ from reid_core.engine import ReIDEngine, WeightsError
 from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, slider_ranges,
                                noise_to_image)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 TITLE = "Generative person re-identification"
 

@@ -28,7 +28,7 @@ from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load
                    to_array, to_tensor, to_uint8)
 from .diffusion import ddim_invert, ddim_sample, sample_prior
 from .io import atomic_savez, cache_dir
-from .metrics import pairwise_distance
+from .metrics import l2_normalize, pairwise_distance
 from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder
 from .weights import (IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, VERDICT_FILE, has_component, load_component,
                       missing)
@@ -345,7 +345,7 @@ class ReIDEngine:
         if self.generator.config.normalize_table:
             # the generator only ever saw identities on the unit sphere (its rows, Img2ID's
             # vectors): a prior sample off it (their norms came out 2-6) renders as noise
-            z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+            z = l2_normalize(z)
         return z
 
     # ------------------------------------------------------------ latent axes (the sliders)

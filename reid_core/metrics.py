@@ -188,6 +188,11 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     return cmc, mAP
 
 
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, with torch.nn.functional.normalize's eps: zero rows stay zero."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def pairwise_distance(q, g, metric="euclidean", chunk_size=None):
     """Distance matrix between query and gallery features.
 
@@ -230,15 +235,14 @@ def pairwise_distance(q, g, metric="euclidean", chunk_size=None):
     out = np.empty((num_q, num_g), dtype=np.float32)
 
     if metric == "cosine":
-        # Same eps as torch.nn.functional.normalize: zero vectors stay zero.
-        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        g = l2_normalize(g)
     else:
         g_sq = np.einsum("ij,ij->i", g, g)
 
     for start in range(0, num_q, chunk_size):
         qc = q[start : start + chunk_size]
         if metric == "cosine":
-            qc = qc / np.maximum(np.linalg.norm(qc, axis=1, keepdims=True), 1e-12)
+            qc = l2_normalize(qc)
             d = 1.0 - qc @ g.T
             np.clip(d, 0.0, 2.0, out=d)
         else:

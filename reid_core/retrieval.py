@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import pairwise_distance
+from .metrics import l2_normalize, pairwise_distance
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """float32 rows of unit length."""
+    return l2_normalize(np.asarray(x, np.float32))
 
 
 # ---------------------------------------------------------------- NFC

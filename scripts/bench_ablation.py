@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 
-from bench_curve import chain_snapshots, snapshot_engine
+from bench_curve import chain_snapshots, snapshot_engine, stand_in
 from reid_core.config import Preset
 from reid_core.data import DEMO_DATA
 from reid_core.evaluate import evaluate, identity_consistency
@@ -47,7 +47,6 @@ def generator_from_checkpoint(run: Path):
 def row_engine(path: Path):
     """(engine, minutes, step, has_img2id) for a run, snapshot or weights folder."""
     from reid_core.engine import ReIDEngine
-    from reid_core.models import IdentityEncoder, IdentityPrior, NoiseEncoder
     if (path / "meta.json").exists():                       # a snapshot: its run is two levels up
         run = path.parents[2]
         meta = json.loads((path / "meta.json").read_text())
@@ -57,11 +56,8 @@ def row_engine(path: Path):
         gen, preset, ids, minutes, step = generator_from_checkpoint(path)
         # the run has no Img2ID yet (the paper recipe trains it after the generator): untrained
         # stand-ins fill the engine's other places; nothing measured here uses them
-        stand_in = IdentityEncoder(sample_size=preset.image_size, block_out_channels=(8, 16), layers_per_block=1,
-                                   id_dim=preset.id_dim)
-        engine = ReIDEngine(preset, gen, IdentityPrior(id_dim=preset.id_dim, hidden_dim=8, num_layers=1),
-                            stand_in, NoiseEncoder(sample_size=preset.image_size, block_out_channels=(8, 16),
-                                               layers_per_block=1), ids)
+        engine = ReIDEngine(preset, gen, stand_in("prior", preset), stand_in("img2id", preset),
+                            stand_in("img2noise", preset), ids)
         return engine, minutes, step, False
     log = json.loads((path / "training_log.json").read_text())
     minutes = sum(log[s]["minutes"] for s in ("joint", "generator", "img2id") if s in log)

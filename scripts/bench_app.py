@@ -130,8 +130,8 @@ class Interactions:
 
 def pick_photos(gallery: str | None, n: int, url: str, download_dir: str) -> list[str]:
     """Distinct query photos: the demo dataset's query crops, else generated persons."""
-    from app.common import DEMO_DATASET
-    for folder in ([Path(gallery) / "query"] if gallery else []) + [DEMO_DATASET / "query"]:
+    from reid_core.data import DEMO_DATA
+    for folder in ([Path(gallery) / "query"] if gallery else []) + [DEMO_DATA / "query"]:
         if folder.is_dir():
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"})
             if files:
@@ -193,10 +193,11 @@ def run_load(url, photos, num_ids, clients: int, seconds: float, download_dir, m
 
 
 def main(argv=None) -> int:
-    from app.common import DEMO_DATASET, weights_arg
+    from app.common import weights_arg
+    from reid_core.data import DEMO_DATA
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=None, help="weights folder or Hub repo id (default: $REID_WEIGHTS, weights/)")
-    p.add_argument("--gallery", default=str(DEMO_DATASET) if DEMO_DATASET.is_dir() else None,
+    p.add_argument("--gallery", default=str(DEMO_DATA) if DEMO_DATA.is_dir() else None,
                    help="gallery folder for the search (default: the demo dataset if present)")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--repeats", type=int, default=20, help="timed calls per single interaction")

@@ -33,17 +33,23 @@ from reid_core.weights import load_component
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def stand_in(component: str, preset: Preset):
+    """A tiny untrained network for an engine place that a measurement never calls."""
+    from reid_core.models import IdentityEncoder, IdentityPrior, NoiseEncoder
+    small = dict(block_out_channels=(8, 16), layers_per_block=1)
+    return {"prior": lambda: IdentityPrior(id_dim=preset.id_dim, hidden_dim=8, num_layers=1),
+            "img2noise": lambda: NoiseEncoder(sample_size=preset.image_size, **small),
+            "img2id": lambda: IdentityEncoder(sample_size=preset.image_size, id_dim=preset.id_dim, **small)}[component]()
+
+
 def snapshot_engine(snapshot: Path, run: Path) -> ReIDEngine:
     """An engine on a snapshot's generator and Img2ID. Nothing measured here uses the prior
-    or Img2Noise: the run's own fill their places, or untrained ones while it has none."""
-    from reid_core.models import IdentityPrior, NoiseEncoder
+    or Img2Noise: the run's own fill their places, or stand-ins while it has none."""
     from reid_core.weights import has_component
     preset = Preset.load(run / "preset.json")
     pids = json.loads((run / "identities.json").read_text())["pids"]
-    prior = (load_component(run, "prior") if has_component(run, "prior")
-             else IdentityPrior(id_dim=preset.id_dim, hidden_dim=8, num_layers=1))
-    img2noise = (load_component(run, "img2noise") if has_component(run, "img2noise")
-                 else NoiseEncoder(sample_size=preset.image_size, block_out_channels=(8, 16), layers_per_block=1))
+    prior, img2noise = (load_component(run, c) if has_component(run, c) else stand_in(c, preset)
+                        for c in ("prior", "img2noise"))
     return ReIDEngine(preset, load_component(snapshot, "generator"), prior,
                       load_component(snapshot, "img2id"), img2noise, pids)
 

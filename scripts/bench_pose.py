@@ -33,7 +33,6 @@ from reid_core.data import DEMO_DATA
 from reid_core.io import atomic_write_text
 from reid_core.pose import blazepose_to_openpose, get_pose_extractor, pck
 
-ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = DEMO_DATA
 TARGETS = {"found_rate": 0.85, "pck02": 0.80, "latency_ms_p50": 60.0}

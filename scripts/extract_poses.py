@@ -32,7 +32,6 @@ from PIL import Image
 from reid_core.io import atomic_write_bytes
 from reid_core.pose import KEYPOINT_NAMES, get_pose_extractor
 
-ROOT = Path(__file__).resolve().parents[1]
 
 SPLITS = ("bounding_box_train", "bounding_box_test", "query")
 OUT_NAME = "poses18.json.gz"
