@@ -224,7 +224,7 @@ def identity_figure(vector: np.ndarray, title: str = "Identity vector (Img2ID)",
 
 
 def sensitivity_figure(sens: np.ndarray, dimensions: bool = True):
-    """Bar chart of `explore.dimension_sensitivity`: each slider moved by one standard deviation
+    """Bar chart of `Explorer.sensitivity`: each slider moved by one standard deviation
     of the training identities along it, both ways."""
     import plotly.graph_objects as go
     s = np.asarray(sens, dtype=float)
@@ -282,7 +282,7 @@ def map_figure(engine, imap: IdentityMap, highlight: int | None = None, photo_xy
     return fig
 
 
-def portrait(engine, identity, seeds=(0, 1, 2, 3), scale: int | None = None) -> Image.Image:
-    """A small sheet of one identity under a few noises."""
-    seeds = list(seeds)
-    return grid(engine.generate(identity, seed=seeds), cols=len(seeds), scale=scale or display_scale(engine))
+def portrait(engine, index: int, seeds=(0, 1, 2, 3), scale: int | None = None) -> Image.Image:
+    """A small sheet of one training identity under a few noises (remembered by the engine's explorer)."""
+    images = [engine.explorer.portrait_images([int(index)], seed=s)[0] for s in seeds]
+    return grid(images, cols=len(images), scale=scale or display_scale(engine))

@@ -15,7 +15,6 @@ import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -25,8 +24,7 @@ from PIL import Image
 from reid_core.data import DatasetError, ImageError, cache_dir
 from reid_core.io import atomic_savez
 from reid_core.engine import Inversion
-from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, noise_to_image,
-                               slider_ranges, upscale)
+from reid_core.explore import IdentityMap, grid, noise_to_image, slider_ranges, upscale
 
 from . import common
 from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING
@@ -169,7 +167,8 @@ def _need_photo(photo) -> None:
 
 
 class ReIDApp:
-    """The handlers, one method per event; all state beyond the engine lives in gr.State."""
+    """The handlers, one method per event. Remembered results live in `engine.explorer`
+    (`self.memory`); a visitor's own uploads live in gr.State."""
 
     def __init__(self, engine, gallery: str | None = None):
         self.engine = engine
@@ -177,12 +176,8 @@ class ReIDApp:
         self.startup_gallery = self.gallery_folders[0] if gallery else None
         self.indexed_folder: str | None = None
         self._index_lock = threading.Lock()
-        self._inversions: OrderedDict = OrderedDict()
-        self._generated: OrderedDict = OrderedDict()
-        self._inv_lock = threading.Lock()
+        self.memory = engine.explorer   # every remembered result (pictures, inversions, maps) lives there
         self._gallery_xy: tuple | None = None
-        self._portraits: OrderedDict = OrderedDict()   # (identity index, seed) -> model-size image
-        self._portrait_lock = threading.Lock()
         self.warm_done = threading.Event()  # set when the launch-time background work has finished
         self.ranges = slider_ranges(engine)  # (num_axes, 2)
         self.scale = common.display_scale(engine)
@@ -209,26 +204,13 @@ class ReIDApp:
         if pose is not None and not self.engine.has_pose_model:
             raise user_error("These weights have no pose-conditioned generator.")
         if pose is None:
-            images = self._generate_cached(vector, seed_list, steps)
+            images = self.memory.generate(vector, seed_list, steps)
         else:
             images = self.engine.generate(vector, seed=seed_list, steps=steps, pose=pose)
         cols = min(8, len(images))
         caption = (f"**{len(images)} image(s)** of {what}, seeds {', '.join(map(str, seed_list))}"
                    f" · {steps or self.engine.preset.sample_steps} DDIM steps")
         return grid(images, cols=cols, scale=self.scale), caption
-
-    def _generate_cached(self, vector, seeds: list[int], steps) -> list[Image.Image]:
-        key = (np.asarray(vector, np.float32).tobytes(), tuple(seeds), steps)
-        with self._inv_lock:
-            if key in self._generated:
-                self._generated.move_to_end(key)
-                return list(self._generated[key])
-        images = self.engine.generate(vector, seed=seeds, steps=steps)
-        with self._inv_lock:
-            self._generated[key] = images
-            while len(self._generated) > 64:
-                self._generated.popitem(last=False)
-        return list(images)
 
     def initial_outputs(self, photo):
         """The results the page opens with (Generate: training identity #0, seeds 0-3; Invert: the
@@ -242,19 +224,19 @@ class ReIDApp:
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    self._generated[gen_key] = [Image.fromarray(a) for a in z["generated"]]
+                    self.memory.generated.put(gen_key, [Image.fromarray(a) for a in z["generated"]])
                     if photo:
                         arr = self.engine.prepare(photo)
-                        self._inversions[(hashlib.sha1(arr.tobytes()).hexdigest(), "img2noise")] = Inversion(
+                        self.memory.inversions.put((hashlib.sha1(arr.tobytes()).hexdigest(), "img2noise"), Inversion(
                             z["identity"], z["noise"], Image.fromarray(z["input"]),
-                            Image.fromarray(z["reconstruction"]), float(z["psnr"]))
+                            Image.fromarray(z["reconstruction"]), float(z["psnr"])))
             except (OSError, KeyError, ValueError):
                 path.unlink(missing_ok=True)
         gen = self.generate(TRAINING, 0, 0, None, "0-3")
         inv = self.invert(photo, "img2noise") if photo else (None,) * 4 + ("",)
         if not path.exists():
             try:
-                arrays = {"generated": np.stack([np.asarray(im) for im in self._generated[gen_key]])}
+                arrays = {"generated": np.stack([np.asarray(im) for im in self.memory.generate(vector, (0, 1, 2, 3))])}
                 if photo:
                     iv = self._inversion(photo, "img2noise")
                     arrays.update(identity=iv.identity, noise=iv.noise, input=np.asarray(iv.input),
@@ -268,18 +250,7 @@ class ReIDApp:
     def _inversion(self, photo, method: str):
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}")
-        arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
-        key = (hashlib.sha1(arr.tobytes()).hexdigest(), method)
-        with self._inv_lock:
-            if key in self._inversions:
-                self._inversions.move_to_end(key)
-                return self._inversions[key]
-        inv = self.engine.invert(arr, method=method)
-        with self._inv_lock:
-            self._inversions[key] = inv
-            while len(self._inversions) > 32:
-                self._inversions.popitem(last=False)
-        return inv
+        return self.memory.invert(photo, method)  # raises ImageError for a bad upload
 
     @_plain_errors
     def invert(self, photo, method: str = "img2noise"):
@@ -363,7 +334,7 @@ class ReIDApp:
         It takes 2 x num_axes + 1 generations: seconds on a CPU for the real model.
         """
         v = self._vector(base, values)
-        sens = dimension_sensitivity(self.engine, v, seed=common.check_seed(noise_seed))
+        sens = self.memory.sensitivity(v, seed=common.check_seed(noise_seed))
         return self._sensitivity_outputs(sens)
 
     def _sensitivity_outputs(self, sens):
@@ -375,7 +346,7 @@ class ReIDApp:
     @_plain_errors
     def latent_sensitivity_cached(self, noise_seed, base, *values):
         """The sensitivity chart if already computed for this identity and noise; else a hint."""
-        sens = cached_sensitivity(self.engine, self._vector(base, values), seed=common.check_seed(noise_seed))
+        sens = self.memory.cached_sensitivity(self._vector(base, values), seed=common.check_seed(noise_seed))
         if sens is None:
             k = len(self.ranges)
             return gr.skip(), (f"Which {common.axes_title(self.engine).lower()} move this picture most? Click "
@@ -417,8 +388,8 @@ class ReIDApp:
 
     def _warm_up_steps(self) -> None:
         self.index_startup_gallery()
-        for step in (self.warm_portraits, lambda: IdentityMap.get(self.engine),
-                     lambda: dimension_sensitivity(self.engine, self.engine.identity_table[0], seed=0)):
+        for step in (self.memory.warm_portraits, self.memory.identity_map,
+                     lambda: self.memory.sensitivity(self.engine.identity_table[0], seed=0)):
             try:
                 step()
             except Exception as e:  # the tab reports it when asked again
@@ -459,7 +430,7 @@ class ReIDApp:
         k = max(1, min(int(k or 5), 20))
         v = self.engine.embed([photo])[0]
         ids = self.engine.nearest_identities(v, k=k)
-        portraits = self.portraits([m.index for m in ids], seed=0)
+        portraits = self.memory.portrait_images([m.index for m in ids], seed=0)
         # gallery thumbnails go out at half the display scale: the browser enlarges them (pixelated CSS)
         small = max(1, self.scale // 2)
         id_items = [(upscale(im, small), f"{m.distance:.3f} · #{m.index} (pid {m.pid})")
@@ -480,41 +451,6 @@ class ReIDApp:
                    f"alike){common.verdict_note(self.engine)}.{note}")
         return id_items, gal_items, caption
 
-    def warm_portraits(self, seed: int = 0, batch: int = 64) -> None:
-        """Generate every training identity's portrait once (re-identify then never waits on the
-        generator: 10 new portraits cost ~0.5 s on one core); kept on disk, keyed by the weights."""
-        n = self.engine.num_identities
-        path = cache_dir() / f"portraits-{self.engine.fingerprint}-{seed}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                arrays = z["images"]
-        else:
-            arrays = np.concatenate([
-                np.stack([np.asarray(im) for im in
-                          self.engine.generate(self.engine.identity_table[i:i + batch], seed=seed)])
-                for i in range(0, n, batch)])
-            atomic_savez(path, images=arrays)
-        with self._portrait_lock:
-            for i, a in enumerate(arrays):
-                self._portraits[(i, int(seed))] = Image.fromarray(a)
-            while len(self._portraits) > max(2048, n + 64):
-                self._portraits.popitem(last=False)
-
-    def portraits(self, indices, seed: int = 0) -> list[Image.Image]:
-        """Generated portraits of training identities (model size), cached: the table never changes."""
-        keys = [(int(i), int(seed)) for i in indices]
-        with self._portrait_lock:
-            missing = sorted({k for k in keys if k not in self._portraits})
-        if missing:
-            images = self.engine.generate(self.engine.identity_table[[i for i, _ in missing]], seed=seed)
-            with self._portrait_lock:
-                for key, im in zip(missing, images):
-                    self._portraits[key] = im
-                while len(self._portraits) > max(2048, self.engine.num_identities + 64):
-                    self._portraits.popitem(last=False)
-        with self._portrait_lock:
-            return [self._portraits.get(k) or self.engine.generate(k[0], seed=k[1])[0] for k in keys]
-
     # ------------------------------------------------------------ identity map
     def _gallery_coords(self, imap: IdentityMap):
         g = self.engine.gallery if self.indexed_folder else None
@@ -530,7 +466,7 @@ class ReIDApp:
     @_plain_errors
     def identity_map(self, photo=None, index=None, uploads=None):
         """The UMAP of identities (fitted once) with the photo placed on it -> (figure, caption)."""
-        imap = IdentityMap.get(self.engine)
+        imap = self.memory.identity_map()
         photo_xy, note = None, ""
         if photo is not None:
             v = self.engine.embed([photo])[0]
@@ -550,7 +486,7 @@ class ReIDApp:
     def show_identity(self, index):
         """A training identity's generated portraits -> (sheet, caption)."""
         i = common.check_index(self.engine, index)
-        sheet = grid([self.portraits([i], seed=s)[0] for s in range(4)], cols=4, scale=self.scale)
+        sheet = common.portrait(self.engine, i, scale=self.scale)
         return (sheet,
                 f"Training identity **#{i}** (dataset pid {self.engine.identity_pids[i]}), 4 noises")
 

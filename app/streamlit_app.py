@@ -1,15 +1,13 @@
 """Streamlit app over `ReIDEngine`: the same five features as the Gradio app.
 
-    streamlit run app/streamlit_app.py [-- --weights W --gallery DIR]
+    python -m app.streamlit_server [-- --weights W --gallery DIR]
+    (or: streamlit run app/streamlit_app.py [-- --weights W --gallery DIR])
 
 Weights: --weights, else $REID_WEIGHTS, else weights/. Gallery: --gallery or $REID_GALLERY.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
 import os
 import sys
 from pathlib import Path
@@ -19,14 +17,15 @@ import streamlit as st
 from PIL import Image
 
 from app import common
+from app.streamlit_server import fix_streamlit_gzip
 from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCES
 from reid_core.data import DatasetError, ImageError
 from reid_core.engine import ReIDEngine, WeightsError
-from reid_core.explore import (IdentityMap, cached_sensitivity, dimension_sensitivity, grid, slider_ranges,
-                               noise_to_image)
+from reid_core.explore import grid, noise_to_image, slider_ranges, upscale
 
 
 TITLE = "Generative person re-identification"
+fix_streamlit_gzip()  # under `streamlit run`; `python -m app.streamlit_server` applies it before serving
 
 
 def _args():
@@ -41,7 +40,7 @@ def _args():
 def load_engine(weights: str) -> ReIDEngine:
     engine = ReIDEngine.from_pretrained(weights, **common.engine_options(),
                                         threads=max(1, min(2, os.cpu_count() or 1)))
-    IdentityMap.warm_up(engine)  # the map fits in the background; the page does not wait for it
+    engine.explorer.warm_up_map()  # the map fits in the background; the page does not wait for it
     return engine
 
 
@@ -50,42 +49,13 @@ def example_photos(_engine, weights: str) -> list[str]:
     return common.example_photos(_engine)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
-def render(_engine, weights: str, values: tuple, noise_seed: int):
-    """The slider picture (model size); cached so that reruns of other tabs cost nothing."""
-    return _engine.generate(np.asarray(values, dtype=np.float32), seed=noise_seed)[0]
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def portrait(_engine, index: int, weights: str):
-    """Four noises of one training identity, model size (enlarged on display)."""
-    return common.portrait(_engine, index, scale=1)
-
-
 def show_images(where, images, captions=None, scale: int = 1) -> None:
-    """Images as inline PNGs enlarged by CSS without smoothing (crisp pixels).
-
-    Inline, not st.image: st.image re-encodes RGB as JPEG (blurry at this size) and serves
-    it from Streamlit's /media route, which answers 500 with the starlette this project
-    pins (Streamlit 1.60's gzip middleware predates starlette 1.4).
-    """
+    """Images enlarged `scale` times by nearest neighbour (crisp pixels), served by st.image as PNG
+    (its default JPEG would blur these small pictures)."""
     images = images if isinstance(images, (list, tuple)) else [images]
     captions = captions if isinstance(captions, (list, tuple)) else [captions] * len(images)
-    cells = []
-    for im, cap in zip(images, captions):
-        if isinstance(im, np.ndarray):
-            im = Image.fromarray(im)
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, "PNG")
-        src = base64.b64encode(buf.getvalue()).decode()
-        cap_html = (f'<figcaption style="font-size:0.8em;opacity:0.75">{html.escape(str(cap))}</figcaption>'
-                    if cap else "")
-        w = im.width * scale
-        cells.append(f'<figure style="margin:0;width:{w}px;max-width:100%;flex:0 0 auto">'
-                     f'<img alt="{html.escape(str(cap or ""))}" src="data:image/png;base64,{src}" '
-                     f'style="image-rendering:pixelated;object-fit:contain;width:100%;height:auto;display:block">{cap_html}</figure>')
-    where.markdown(f'<div class="reid-images" style="display:flex;flex-wrap:wrap;gap:8px;margin-bottom:8px">'
-                   f'{"".join(cells)}</div>', unsafe_allow_html=True)
+    where.image([upscale(im, scale) for im in images], caption=[str(c) if c else "" for c in captions],
+                output_format="PNG")
 
 
 def show_error(e: Exception) -> None:
@@ -253,14 +223,14 @@ def tab_sliders(engine, scale):
         values = [cols[d % 4].slider(f"{word} {d}", float(lo), float(hi), step=float(hi - lo) / 200,
                                      key=f"lat-dim-{d}") for d, (lo, hi) in enumerate(ranges)]
     vector = engine.from_axes(np.asarray(values, np.float32), st.session_state["lat-base"])
-    show_images(image_slot, render(engine, st.session_state["weights"], tuple(vector.tolist()), int(noise_seed)),
+    show_images(image_slot, engine.explorer.generate(vector, [int(noise_seed)])[0],
                 "fixed noise, your identity", 2 * scale)
-    sens = cached_sensitivity(engine, vector, seed=int(noise_seed))
+    sens = engine.explorer.cached_sensitivity(vector, seed=int(noise_seed))
     text = f"moving each {word} by ±1 sd of the training identities"
     if st.button("Which dimensions matter?", key="lat-sens-btn", help=f"{2 * len(ranges) + 1} generations, then cached"):
         bar = st.progress(0.0, text=text)
-        sens = dimension_sensitivity(engine, vector, seed=int(noise_seed),
-                                     progress=lambda f: bar.progress(float(f), text=text))
+        sens = engine.explorer.sensitivity(vector, seed=int(noise_seed),
+                                           progress=lambda f: bar.progress(float(f), text=text))
         bar.empty()
     if sens is not None:
         top = np.argsort(-sens)[:5]
@@ -316,7 +286,7 @@ def tab_reid(engine, scale, folders):
                 require_photo(photo)
                 v = engine.embed([photo])[0]
                 ids = engine.nearest_identities(v, k=k)
-                portraits = engine.generate(engine.identity_table[[m.index for m in ids]], seed=0)
+                portraits = engine.explorer.portrait_images([m.index for m in ids], seed=0)
                 st.markdown("**Nearest training identities** (generated portraits)")
                 show_images(st, portraits, [f"{m.distance:.3f} · #{m.index} (pid {m.pid})" for m in ids], scale)
                 if (g is not None and len(g)) or n_up:
@@ -343,15 +313,15 @@ def tab_map(engine, scale):
         photo = photo_picker(engine, "map", "Place a photo on the map")
         place = st.checkbox("Show my photo on the map", value=True, key="map-place")
         index = st.number_input("Identity index", 0, engine.num_identities - 1, 0, key="map-index")
-        show_images(st, portrait(engine, int(index), st.session_state["weights"]),
+        show_images(st, common.portrait(engine, int(index), scale=1),
                     f"training identity #{int(index)} (pid {engine.identity_pids[int(index)]})", scale)
     with left:
-        if not IdentityMap.ready(engine) and not st.button("Show the identity map (computed once, ~20 s)",
+        if not engine.explorer.map_ready() and not st.button("Show the identity map (computed once, ~20 s)",
                                                            key="map-btn"):
             st.info("The identity map (UMAP) is being computed in the background.")
             return
         with st.spinner("Fitting UMAP ..."):
-            imap = IdentityMap.get(engine)
+            imap = engine.explorer.identity_map()
         photo_xy = None
         if place and photo is not None:
             try:
@@ -372,7 +342,7 @@ def tab_map(engine, scale):
         picked = [p for p in pts if p.get("curve_number") == 0 and "point_index" in p]
         if picked:
             i = int(picked[0]["point_index"])
-            show_images(st, portrait(engine, i, st.session_state["weights"]),
+            show_images(st, common.portrait(engine, i, scale=1),
                         f"selected: training identity #{i} (pid {engine.identity_pids[i]})", scale)
 
 

@@ -149,6 +149,7 @@ class ReIDEngine:
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
+        self._explorer = None
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -610,6 +611,17 @@ class ReIDEngine:
                              self.gallery_picture(g, j) if with_images else None,
                              float(self.verdict.probability(d[i])) if self.verdict is not None else None))
         return out
+
+    @property
+    def explorer(self):
+        """The engine's one `reid_core.explore.Explorer`: the results the apps remember
+        (generated pictures, inversions, portraits, slider sensitivities, the identity map)."""
+        if self._explorer is None:
+            from .explore import Explorer
+            with self._gallery_lock:
+                if self._explorer is None:
+                    self._explorer = Explorer(self)
+        return self._explorer
 
     @property
     def fingerprint(self) -> str:

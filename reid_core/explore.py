@@ -2,20 +2,25 @@
 
 Every function takes the `ReIDEngine` first and works through its public facade:
 
-    sens = dimension_sensitivity(engine, identity=0, seed=0)   # (32,) which dims move the picture
-    m = IdentityMap.get(engine)                                # UMAP of the identity table, fitted once
+    ex = engine.explorer                                       # the engine's remembered results
+    sens = ex.sensitivity(identity=0, seed=0)                  # (32,) which axes move the picture
+    m = ex.identity_map()                                      # UMAP of the identity table, fitted once
     xy = m.transform(engine.embed([photo]))                    # place a photo on the map
     noise_to_image(engine.invert(photo).noise)                 # the noise as a picture (paper Fig. 6)
     grid(images, cols=4, scale=4)                              # crisp, upscaled contact sheet
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from .io import atomic_savez, cache_dir
 
 
 NOISE_CLIP = 2.5
@@ -71,21 +76,63 @@ def noise_to_image(noise: np.ndarray, clip: float = NOISE_CLIP) -> Image.Image:
     return Image.fromarray(u8, "RGB")
 
 
-# ---------------------------------------------------------------- sensitivity
-_sensitivity_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_sensitivity_lock = threading.Lock()
-_SENSITIVITY_CACHE_SIZE = 128
-_sensitivity_inflight: dict = {}
+# ---------------------------------------------------------------- memo
+class Memo:
+    """A thread-safe mapping that keeps the `size` most recently used entries.
+
+    `get_or_compute(key, compute)` runs `compute()` once when several threads ask for the
+    same missing key at the same time; the others wait for its result.
+    """
+
+    def __init__(self, size: int):
+        self.size = max(1, int(size))
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._inflight: dict = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get_or_compute(self, key, compute):
+        missing = object()
+        hit = self.get(key, missing)
+        if hit is not missing:
+            return hit
+        with self._lock:
+            key_lock = self._inflight.setdefault(key, threading.Lock())
+        with key_lock:
+            hit = self.get(key, missing)
+            if hit is not missing:
+                return hit
+            try:
+                value = compute()
+                self.put(key, value)
+                return value
+            finally:
+                with self._lock:
+                    self._inflight.pop(key, None)
 
 
-def _sensitivity_key(engine, identity, seed, delta, steps):
-    base = engine.resolve_identity(identity)
-    if len(base) != 1:
-        raise ValueError("dimension_sensitivity takes one identity")
-    base = base.astype(np.float32)
-    return base, (base.tobytes(), int(seed), None if delta is None else float(delta), steps)
-
-
+# ---------------------------------------------------------------- sliders
 def axis_steps(engine, delta: float | None) -> np.ndarray:
     """(num_axes,) how far each axis is moved: `delta`, or one standard deviation of the
     trained identities along that axis (None), the unit the sliders are drawn in."""
@@ -107,70 +154,149 @@ def slider_ranges(engine, sds: float = 3.0) -> np.ndarray:
     return np.stack([lo, hi], 1).astype(np.float64)
 
 
-def cached_sensitivity(engine, identity, seed: int = 0, delta: float | None = None,
-                       steps: int | None = None) -> np.ndarray | None:
-    """The cached result of `dimension_sensitivity` for these arguments, or None (never computes)."""
-    _, key = _sensitivity_key(engine, identity, seed, delta, steps)
-    with _sensitivity_lock:
-        hit = _sensitivity_cache.get(engine, {}).get(key)
-    return None if hit is None else hit.copy()
-
-
-def dimension_sensitivity(engine, identity, seed: int = 0, delta: float | None = None,
-                          steps: int | None = None, progress=None, batch: int = 17) -> np.ndarray:
-    """How much each latent axis moves the picture: (num_axes,) float array.
-
-    Along every axis (`engine.latent_axes`: the identity's dimensions, or its principal
-    axes when it is wider than 32) the identity is moved by +-delta (default: one standard
-    deviation of the trained identities along that axis, as the sliders are scaled) with
-    the noise of `seed` fixed; the value is the mean absolute pixel change (0..255 scale)
-    against the unmoved picture, averaged over both directions.
-    That is 2 * num_axes + 1 generations (seconds on a CPU for the 64x32 model):
-    results are cached per engine (identity, seed, delta, steps), and
-    `progress(fraction)` is called after each batch of `batch` images.
+# ---------------------------------------------------------------- one engine's remembered results
+class Explorer:
+    """Everything the apps remember about one engine, in one place (`engine.explorer`):
+    generated pictures, inversions, training identities' portraits, slider sensitivities
+    and the identity map. Every cache is bounded and thread-safe; visitors share it (the
+    results depend only on the weights and the arguments). Per-visitor data (a visitor's
+    uploads) stays in the app's session state.
     """
-    base, key = _sensitivity_key(engine, identity, seed, delta, steps)
-    hit = cached_sensitivity(engine, identity, seed, delta, steps)
-    if hit is not None:
-        return hit
-    with _sensitivity_lock:  # concurrent callers of the same key wait for one computation
-        key_lock = _sensitivity_inflight.setdefault((id(engine), key), threading.Lock())
-    with key_lock:
-        hit = cached_sensitivity(engine, identity, seed, delta, steps)
-        if hit is not None:
-            return hit
-        try:
-            return _compute_sensitivity(engine, base, key, seed, delta, steps, progress, batch)
-        finally:
-            with _sensitivity_lock:
-                _sensitivity_inflight.pop((id(engine), key), None)
+
+    def __init__(self, engine):
+        self._engine = weakref.ref(engine)  # the engine owns its explorer, not the other way round
+        self.generated = Memo(64)           # (vector bytes, seeds, steps) -> [PIL images]
+        self.inversions = Memo(32)          # (sha1 of the prepared photo, method) -> Inversion
+        self.portraits = Memo(max(2048, engine.num_identities + 64))  # (index, seed) -> PIL image
+        self.sensitivities = Memo(128)      # (vector bytes, seed, delta, steps) -> (num_axes,)
+        self._map = Memo(1)
+
+    @property
+    def engine(self):
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the engine of this explorer is gone")
+        return engine
+
+    # ---- generation and inversion
+    def generate(self, identity, seeds: Sequence[int], steps: int | None = None) -> list[Image.Image]:
+        """`engine.generate(identity, seed=seeds, steps=steps)`, remembered."""
+        vector = self.engine.resolve_identity(identity)
+        key = (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps)
+        return list(self.generated.get_or_compute(
+            key, lambda: self.engine.generate(vector, seed=list(key[1]), steps=steps)))
+
+    def invert(self, photo, method: str = "img2noise"):
+        """`engine.invert(photo, method)`, remembered by the prepared photo's content."""
+        arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
+        key = (hashlib.sha1(arr.tobytes()).hexdigest(), method)
+        return self.inversions.get_or_compute(key, lambda: self.engine.invert(arr, method=method))
+
+    def portrait_images(self, indices, seed: int = 0) -> list[Image.Image]:
+        """Generated portraits of training identities (model size): the table never changes."""
+        keys = [(int(i), int(seed)) for i in indices]
+        missing = sorted({k for k in keys if k not in self.portraits})
+        if missing:
+            images = self.engine.generate(self.engine.identity_table[[i for i, _ in missing]], seed=seed)
+            for key, im in zip(missing, images):
+                self.portraits.put(key, im)
+        return [self.portraits.get(k) or self.engine.generate(k[0], seed=k[1])[0] for k in keys]
+
+    def warm_portraits(self, seed: int = 0, batch: int = 64) -> None:
+        """Every training identity's portrait, generated once and kept on disk keyed by the
+        weights (re-identify then never waits on the generator)."""
+        engine, n = self.engine, self.engine.num_identities
+        path = cache_dir() / f"portraits-{engine.fingerprint}-{seed}.npz"
+        arrays = None
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = z["images"]
+            except (OSError, KeyError, ValueError):
+                path.unlink(missing_ok=True)
+        if arrays is None or len(arrays) != n:
+            arrays = np.concatenate([
+                np.stack([np.asarray(im) for im in engine.generate(engine.identity_table[i:i + batch], seed=seed)])
+                for i in range(0, n, batch)])
+            atomic_savez(path, images=arrays)
+        for i, a in enumerate(arrays):
+            self.portraits.put((i, int(seed)), Image.fromarray(a))
+
+    # ---- slider sensitivity
+    def _sensitivity_key(self, identity, seed, delta, steps):
+        base = self.engine.resolve_identity(identity)
+        if len(base) != 1:
+            raise ValueError("dimension sensitivity takes one identity")
+        base = base.astype(np.float32)
+        return base, (base.tobytes(), int(seed), None if delta is None else float(delta), steps)
+
+    def cached_sensitivity(self, identity, seed: int = 0, delta: float | None = None,
+                           steps: int | None = None) -> np.ndarray | None:
+        """The remembered result of `sensitivity` for these arguments, or None (never computes)."""
+        hit = self.sensitivities.get(self._sensitivity_key(identity, seed, delta, steps)[1])
+        return None if hit is None else hit.copy()
+
+    def sensitivity(self, identity, seed: int = 0, delta: float | None = None, steps: int | None = None,
+                    progress=None, batch: int = 17) -> np.ndarray:
+        """How much each latent axis moves the picture: (num_axes,) float array.
+
+        Along every axis (`engine.latent_axes`: the identity's dimensions, or its principal
+        axes when it is wider than 32) the identity is moved by +-delta (default: one standard
+        deviation of the trained identities along that axis, as the sliders are scaled) with
+        the noise of `seed` fixed; the value is the mean absolute pixel change (0..255 scale)
+        against the unmoved picture, averaged over both directions. That is 2 * num_axes + 1
+        generations (seconds on a CPU), remembered per (identity, seed, delta, steps);
+        `progress(fraction)` is called after each batch of `batch` images.
+        """
+        base, key = self._sensitivity_key(identity, seed, delta, steps)
+        change = self.sensitivities.get_or_compute(
+            key, lambda: self._compute_sensitivity(base, seed, delta, steps, progress, batch))
+        return change.copy()
+
+    def _compute_sensitivity(self, base, seed, delta, steps, progress, batch) -> np.ndarray:
+        engine = self.engine
+        axes, move = engine.latent_axes, axis_steps(engine, delta)
+        dim = len(axes)
+        ids = np.repeat(base, 1 + 2 * dim, 0)
+        for d in range(dim):
+            ids[1 + 2 * d] += move[d] * axes[d]
+            ids[2 + 2 * d] -= move[d] * axes[d]
+        z = engine.noise(int(seed))
+        arrs = []
+        batch = max(1, int(batch))
+        for i in range(0, len(ids), batch):
+            arrs += [np.asarray(im, dtype=np.float32) for im in engine.generate(ids[i:i + batch], noise=z, steps=steps)]
+            if progress is not None:
+                progress(len(arrs) / len(ids))
+        arr = np.stack(arrs)
+        return np.abs(arr[1:] - arr[0]).reshape(dim, 2, -1).mean(axis=(1, 2))
+
+    # ---- identity map
+    def identity_map(self, **kwargs) -> "IdentityMap":
+        """The UMAP of the engine's identity table, fitted on first use (concurrent callers
+        wait for one fit); umap's transform is compiled then too, not on a click."""
+        def fit():
+            m = IdentityMap(self.engine.identity_table, **kwargs)
+            if m.method == "umap":
+                m.transform(self.engine.identity_table[:1])
+            return m
+        return self._map.get_or_compute("map", fit)
+
+    def map_ready(self) -> bool:
+        return "map" in self._map
+
+    def warm_up_map(self, **kwargs) -> threading.Thread:
+        """Fit the identity map in a daemon thread; returns the thread."""
+        def run():
+            try:
+                self.identity_map(**kwargs)
+            except Exception:  # noqa: BLE001 - the tab reports it when it asks again
+                pass
+        t = threading.Thread(target=run, name="identity-map", daemon=True)
+        t.start()
+        return t
 
 
-def _compute_sensitivity(engine, base, key, seed, delta, steps, progress, batch) -> np.ndarray:
-    axes, move = engine.latent_axes, axis_steps(engine, delta)
-    dim = len(axes)
-    ids = np.repeat(base, 1 + 2 * dim, 0)
-    for d in range(dim):
-        ids[1 + 2 * d] += move[d] * axes[d]
-        ids[2 + 2 * d] -= move[d] * axes[d]
-    z = engine.noise(int(seed))
-    arrs = []
-    batch = max(1, int(batch))
-    for i in range(0, len(ids), batch):
-        arrs += [np.asarray(im, dtype=np.float32) for im in engine.generate(ids[i:i + batch], noise=z, steps=steps)]
-        if progress is not None:
-            progress(len(arrs) / len(ids))
-    arr = np.stack(arrs)
-    change = np.abs(arr[1:] - arr[0]).reshape(dim, 2, -1).mean(axis=(1, 2))
-    with _sensitivity_lock:
-        per_engine = _sensitivity_cache.setdefault(engine, {})
-        if len(per_engine) >= _SENSITIVITY_CACHE_SIZE:
-            per_engine.pop(next(iter(per_engine)))
-        per_engine[key] = change
-    return change.copy()
-
-
-# ---------------------------------------------------------------- retrieval over several galleries
 # ---------------------------------------------------------------- identity map
 class IdentityMap:
     """A 2-D map of the identity space: UMAP fitted on `engine.identity_table`.
@@ -178,9 +304,9 @@ class IdentityMap:
     `coords` (K, 2) holds the training identities; `transform(vectors)` places
     new identity vectors (an uploaded photo's Img2ID, gallery features) on it.
     Tables too small for UMAP (fewer than `min_umap_points` rows) use a PCA
-    projection instead (`method` says which). `IdentityMap.get(engine)` fits
-    once per engine, thread-safe; `IdentityMap.warm_up(engine)` does it in a
-    background thread so that an app starts without waiting for it.
+    projection instead (`method` says which). `engine.explorer.identity_map()`
+    fits one per engine; `engine.explorer.warm_up_map()` does it in a background
+    thread so that an app starts without waiting for it.
     """
 
     min_umap_points = 10
@@ -220,44 +346,3 @@ class IdentityMap:
             return ((v - self._mean) @ self._axes).astype(np.float32)
         with self._lock:
             return np.asarray(self._umap.transform(v), dtype=np.float32)
-
-    # ---- one map per engine, fitted once
-    _maps: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-    _locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-    _registry_lock = threading.Lock()
-
-    @classmethod
-    def get(cls, engine, **kwargs) -> "IdentityMap":
-        """The engine's map, fitting it on first use (concurrent callers wait for one fit)."""
-        with cls._registry_lock:
-            m = cls._maps.get(engine)
-            if m is not None:
-                return m
-            lock = cls._locks.setdefault(engine, threading.Lock())
-        with lock:
-            with cls._registry_lock:
-                m = cls._maps.get(engine)
-            if m is None:
-                m = cls(engine.identity_table, **kwargs)
-                if m.method == "umap":
-                    m.transform(engine.identity_table[:1])  # compile umap's transform now, not on a click
-                with cls._registry_lock:
-                    cls._maps[engine] = m
-        return m
-
-    @classmethod
-    def ready(cls, engine) -> bool:
-        with cls._registry_lock:
-            return engine in cls._maps
-
-    @classmethod
-    def warm_up(cls, engine, **kwargs) -> threading.Thread:
-        """Fit the engine's map in a daemon thread; returns the thread."""
-        def run():
-            try:
-                cls.get(engine, **kwargs)
-            except Exception:  # the tab reports it when it asks again
-                pass
-        t = threading.Thread(target=run, name="identity-map", daemon=True)
-        t.start()
-        return t

@@ -362,6 +362,18 @@ class PoseExtractor:
 
 
 # ------------------------------------------------------------------------ mediapipe
+def protobuf_compat() -> bool:
+    """mediapipe 0.10.14 reads its graph outputs with `SymbolDatabase.GetPrototype`, which
+    protobuf 5 removed; supply it (as `message_factory.GetMessageClass`) when it is missing.
+    With it, the extractor gives the same keypoints on protobuf 6 as on 4.25 (20 training
+    crops, max difference 0.0). Returns True if it had to be supplied."""
+    from google.protobuf import message_factory, symbol_database
+    if hasattr(symbol_database.SymbolDatabase, "GetPrototype"):
+        return False
+    symbol_database.SymbolDatabase.GetPrototype = lambda self, descriptor: message_factory.GetMessageClass(descriptor)
+    return True
+
+
 # Landmark model only, fed an explicit ROI instead of the person detector's output.
 # Node and stream names follow mediapipe's own pose_landmark_cpu graph so the
 # ThresholdingCalculator (pose presence) can be tuned by its canonical name.
@@ -428,6 +440,7 @@ class MediaPipePose(PoseExtractor):
         min_detection_confidence: float = 0.5,
     ):
         try:
+            protobuf_compat()
             import mediapipe as mp
             from google.protobuf import text_format
             from mediapipe.framework import calculator_pb2

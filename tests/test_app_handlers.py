@@ -295,16 +295,17 @@ def test_weights_and_gallery_resolution(monkeypatch, tmp_path):
 def test_warm_portraits_spare_reidentify_the_generator(engine, synthetic_market, photo, monkeypatch):
     from app.gradio_app import ReIDApp
     fresh = ReIDApp(engine, str(synthetic_market))
-    fresh.warm_portraits()
-    assert len(fresh._portraits) >= engine.num_identities
+    fresh.memory.warm_portraits()
+    assert len(fresh.memory.portraits) >= engine.num_identities
     calls = []
     original = engine.generate
     monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
     ids, _, _ = fresh.reidentify(photo, 5)
     assert len(ids) == 5 and not calls
-    again = ReIDApp(engine, str(synthetic_market))
-    again.warm_portraits()  # from the on-disk cache this time
+    from reid_core.explore import Explorer
+    Explorer(engine).warm_portraits()  # a fresh memory reads them from the on-disk cache
     assert not calls
+    again = ReIDApp(engine, str(synthetic_market))
     assert not again.warm_done.is_set()
     again.warm_up()
     assert again.warm_done.is_set()

@@ -214,3 +214,45 @@ def test_every_tab(server, browser, synthetic_market, tmp_path):
     # the server still serves after all of it
     d.get(server)
     _wait(d, lambda d: "Generative person re-identification" in d.page_source, 60, "the page again")
+
+
+def test_streamlit_server_serves_pictures_without_errors(browser, tiny_weights, synthetic_market, tmp_path):
+    """The Streamlit app as a visitor gets it (`python -m app.streamlit_server`): the page, its
+    favicon and every st.image file answer 200, and the server log has no error or traceback."""
+    import subprocess
+    import sys
+    import urllib.request
+    from conftest import free_port
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    env = dict(os.environ, REID_WEIGHTS=str(tiny_weights), PYTHONUNBUFFERED="1")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.streamlit_server", "--server.headless", "true", "--server.port", str(port),
+             "--browser.gatherUsageStats", "false", "--", "--gallery", str(synthetic_market)],
+            cwd=Path(__file__).resolve().parents[1], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait(browser, lambda d: _http_ok(url), 90, "the Streamlit server")
+        browser.get(url)
+        _wait(browser, lambda d: _images_loaded(d, "img[src*='/media/']") >= 2, 180, "the first page's pictures")
+        browser.save_screenshot(str(ARTIFACTS / "streamlit.png"))
+        srcs = browser.execute_script("return [...document.querySelectorAll(\"img[src*='/media/']\")].map(i => i.src)")
+        for src in [url + "favicon.png", *srcs]:
+            with urllib.request.urlopen(src, timeout=30) as r:
+                assert r.status == 200 and r.read(), src
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text and "Error" not in text and "error" not in text.lower().replace(
+        "gatherusagestats", ""), text[-3000:]
+
+
+def _http_ok(url) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reid_core import explore
-from reid_core.explore import IdentityMap, dimension_sensitivity, grid, noise_to_image, upscale
+from reid_core.explore import Explorer, IdentityMap, Memo, grid, noise_to_image, upscale
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_noise_to_image_of_a_real_inversion(engine, synthetic_market):
 # ---------------------------------------------------------------- sensitivity
 def test_dimension_sensitivity_matches_vary(engine):
     ident = engine.identity_table[1]
-    sens = dimension_sensitivity(engine, ident, seed=3, delta=0.3)
+    sens = engine.explorer.sensitivity(ident, seed=3, delta=0.3)
     assert sens.shape == (engine.preset.id_dim,) and np.isfinite(sens).all() and (sens >= 0).all()
     assert sens.max() > 0
     base = np.asarray(engine.generate(ident, seed=3)[0], np.float32)
@@ -86,32 +85,70 @@ def test_dimension_sensitivity_matches_vary(engine):
 
 
 def test_dimension_sensitivity_is_cached(engine, monkeypatch):
+    ex = Explorer(engine)  # a fresh memory: nothing remembered yet
     ident = engine.identity_table[2]
-    first = dimension_sensitivity(engine, ident, seed=0)
+    first = ex.sensitivity(ident, seed=0)
     calls = []
     original = engine.generate
     monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
-    again = dimension_sensitivity(engine, ident, seed=0)
+    again = ex.sensitivity(ident, seed=0)
     assert calls == [] and np.array_equal(first, again)
     again[0] = -1                                            # callers get copies
-    assert dimension_sensitivity(engine, ident, seed=0)[0] == first[0]
-    assert explore.cached_sensitivity(engine, ident, seed=1) is None
+    assert ex.sensitivity(ident, seed=0)[0] == first[0]
+    assert ex.cached_sensitivity(ident, seed=1) is None
     fractions = []
-    dimension_sensitivity(engine, ident, seed=1, progress=fractions.append, batch=20)  # another noise: computed
+    ex.sensitivity(ident, seed=1, progress=fractions.append, batch=20)  # another noise: computed
     assert len(calls) == 4 and fractions[-1] == 1.0 and fractions == sorted(fractions)
-    assert np.array_equal(explore.cached_sensitivity(engine, ident, seed=1),
-                          dimension_sensitivity(engine, ident, seed=1))
-    assert np.array_equal(dimension_sensitivity(engine, 2, seed=0), first)  # an index works too
+    assert np.array_equal(ex.cached_sensitivity(ident, seed=1), ex.sensitivity(ident, seed=1))
+    assert np.array_equal(ex.sensitivity(2, seed=0), first)  # an index works too
     with pytest.raises(ValueError):
-        dimension_sensitivity(engine, engine.identity_table[:2])
+        ex.sensitivity(engine.identity_table[:2])
+
+
+def test_engine_has_one_explorer_and_it_remembers_generations(engine, monkeypatch):
+    assert engine.explorer is engine.explorer
+    ex = Explorer(engine)
+    calls = []
+    original = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    a = ex.generate(3, [0, 1])
+    b = ex.generate(engine.identity_table[3], [0, 1])       # the same identity as a vector: remembered
+    assert len(calls) == 1 and len(a) == 2
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    ex.generate(3, [1, 0])                                   # other seeds: generated
+    assert len(calls) == 2
+
+
+def test_memo_keeps_the_most_recent_and_computes_once_under_concurrency():
+    m = Memo(2)
+    m.put("a", 1)
+    m.put("b", 2)
+    assert m.get("a") == 1                                   # "a" is now the most recent
+    m.put("c", 3)
+    assert "b" not in m and m.get("a") == 1 and m.get("c") == 3 and len(m) == 2
+    runs, gate = [], threading.Event()
+
+    def slow():
+        runs.append(1)
+        gate.wait(5)
+        return "value"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(m.get_or_compute("k", slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert runs == [1] and results == ["value"] * 4
 
 
 # ---------------------------------------------------------------- identity map
 class _TableOnly:
-    """Stands in for an engine: IdentityMap reads only `identity_table` (and needs a weakref-able key)."""
+    """Stands in for an engine: the explorer's identity map reads only its identity table."""
 
     def __init__(self, table):
         self.identity_table = table
+        self.num_identities = len(table)
 
 
 def _clustered(k_per=15, clusters=3, dim=32, seed=0):
@@ -136,13 +173,14 @@ def test_identity_map_pca_for_small_tables(engine):
 def test_identity_map_umap_places_points_near_their_cluster():
     table, labels, centres = _clustered()
     fake_engine = _TableOnly(table)
-    assert not IdentityMap.ready(fake_engine)
-    thread = IdentityMap.warm_up(fake_engine, n_neighbors=10)
+    ex = Explorer(fake_engine)
+    assert not ex.map_ready()
+    thread = ex.warm_up_map(n_neighbors=10)
     thread.join(timeout=280)
-    assert IdentityMap.ready(fake_engine)
-    m = IdentityMap.get(fake_engine)
+    assert ex.map_ready()
+    m = ex.identity_map()
     assert m.method == "umap" and m.coords.shape == (len(table), 2)
-    assert IdentityMap.get(fake_engine) is m                   # fitted once
+    assert ex.identity_map() is m                              # fitted once
     # a new vector close to cluster c lands nearest to points of cluster c
     rng = np.random.default_rng(1)
     new = (centres + rng.normal(0, 0.1, centres.shape)).astype(np.float32)
@@ -154,7 +192,7 @@ def test_identity_map_umap_places_points_near_their_cluster():
     np.testing.assert_allclose(m.transform(new), xy)           # deterministic (seeded)
 
 
-def test_identity_map_get_fits_once_under_concurrency(monkeypatch):
+def test_identity_map_fits_once_under_concurrency(monkeypatch):
     fits = []
     original = IdentityMap.__init__
 
@@ -163,8 +201,9 @@ def test_identity_map_get_fits_once_under_concurrency(monkeypatch):
         original(self, table, method="pca")
     monkeypatch.setattr(IdentityMap, "__init__", counting)
     fake_engine = _TableOnly(_clustered(k_per=4)[0])
+    ex = Explorer(fake_engine)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(IdentityMap.get(fake_engine))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: results.append(ex.identity_map())) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

@@ -345,3 +345,15 @@ def test_whole_body_rule_rejects_partial_and_collapsed_poses():
     short = body.copy()
     short[:, 1] = 0.2 + 0.45 * short[:, 1]          # spans less than half the height
     assert not P.is_whole_body(short)
+
+
+def test_protobuf_compat_supplies_what_protobuf_5_removed(monkeypatch):
+    from google.protobuf import descriptor_pb2, message_factory, symbol_database
+    from reid_core.pose import protobuf_compat
+    if hasattr(symbol_database.SymbolDatabase, "GetPrototype"):   # protobuf 4: take it away, as 5 does
+        monkeypatch.delattr(symbol_database.SymbolDatabase, "GetPrototype")
+    assert protobuf_compat() is True
+    assert protobuf_compat() is False                              # supplied once
+    desc = descriptor_pb2.FileDescriptorProto.DESCRIPTOR
+    cls = symbol_database.Default().GetPrototype(desc)
+    assert cls is message_factory.GetMessageClass(desc) and cls().DESCRIPTOR is desc
