@@ -387,8 +387,9 @@ class ReIDApp:
             self.warm_done.set()
 
     def _warm_up_steps(self) -> None:
-        self.index_startup_gallery()
-        for step in (self.memory.warm_portraits, self.memory.identity_map,
+        # in the order a visitor needs them: the map (shipped with the weights: instant), the
+        # gallery (cached after the first launch), the portraits (shipped), the sliders' chart
+        for step in (self.memory.identity_map, self.index_startup_gallery, self.memory.warm_portraits,
                      lambda: self.memory.sensitivity(self.engine.identity_table[0], seed=0)):
             try:
                 step()

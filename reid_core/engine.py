@@ -150,6 +150,7 @@ class ReIDEngine:
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
         self._explorer = None
+        self.weights_dir: Path | None = None  # the folder it was loaded from (from_pretrained)
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -182,6 +183,7 @@ class ReIDEngine:
         if (root / VERDICT_FILE).exists():
             from .retrieval import Verdict
             engine.verdict = Verdict.load(root / VERDICT_FILE)
+        engine.weights_dir = root
         return engine
 
     # ------------------------------------------------------------ helpers

@@ -202,25 +202,40 @@ class Explorer:
                 self.portraits.put(key, im)
         return [self.portraits.get(k) or self.engine.generate(k[0], seed=k[1])[0] for k in keys]
 
-    def warm_portraits(self, seed: int = 0, batch: int = 64) -> None:
-        """Every training identity's portrait, generated once and kept on disk keyed by the
-        weights (re-identify then never waits on the generator)."""
+    def all_portraits(self, seed: int = 0, batch: int = 64, progress=None) -> np.ndarray:
+        """(N, H, W, 3) uint8: every training identity under the noise of `seed`, generated
+        in batches of `batch` (`progress(fraction)` after each)."""
         engine, n = self.engine, self.engine.num_identities
+        out = []
+        for i in range(0, n, batch):
+            out += [np.asarray(im) for im in engine.generate(engine.identity_table[i:i + batch], seed=seed)]
+            if progress is not None:
+                progress(len(out) / n)
+        return np.stack(out)
+
+    def warm_portraits(self, seed: int = 0, batch: int = 64) -> str:
+        """Every training identity's portrait in memory (re-identify then never waits on the
+        generator): from the weights folder (made at export), else the disk cache, else
+        generated once and cached on disk keyed by the weights. Returns where they came from."""
+        from .weights import load_portraits
+        engine, n = self.engine, self.engine.num_identities
+        arrays = load_portraits(engine.weights_dir, engine.fingerprint, seed) if engine.weights_dir else None
+        source = "weights"
         path = cache_dir() / f"portraits-{engine.fingerprint}-{seed}.npz"
-        arrays = None
-        if path.exists():
+        if arrays is None and path.exists():
+            source = "cache"
             try:
                 with np.load(path, allow_pickle=False) as z:
                     arrays = z["images"]
             except (OSError, KeyError, ValueError):
                 path.unlink(missing_ok=True)
         if arrays is None or len(arrays) != n:
-            arrays = np.concatenate([
-                np.stack([np.asarray(im) for im in engine.generate(engine.identity_table[i:i + batch], seed=seed)])
-                for i in range(0, n, batch)])
+            source = "generated"
+            arrays = self.all_portraits(seed, batch)
             atomic_savez(path, images=arrays)
         for i, a in enumerate(arrays):
             self.portraits.put((i, int(seed)), Image.fromarray(a))
+        return source
 
     # ---- slider sensitivity
     def _sensitivity_key(self, identity, seed, delta, steps):
@@ -273,13 +288,15 @@ class Explorer:
 
     # ---- identity map
     def identity_map(self, **kwargs) -> "IdentityMap":
-        """The UMAP of the engine's identity table, fitted on first use (concurrent callers
-        wait for one fit); umap's transform is compiled then too, not on a click."""
+        """The UMAP of the engine's identity table: the one fitted at export (weights folder),
+        else fitted on first use (concurrent callers wait for one fit)."""
         def fit():
-            m = IdentityMap(self.engine.identity_table, **kwargs)
-            if m.method == "umap":
-                m.transform(self.engine.identity_table[:1])
-            return m
+            from .weights import load_identity_map
+            engine = self.engine
+            shipped = load_identity_map(engine.weights_dir, engine.fingerprint) if engine.weights_dir else None
+            if shipped is not None:
+                return IdentityMap(engine.identity_table, method=shipped["method"], coords=shipped["coords"])
+            return IdentityMap(engine.identity_table, **kwargs)
         return self._map.get_or_compute("map", fit)
 
     def map_ready(self) -> bool:
@@ -301,18 +318,20 @@ class Explorer:
 class IdentityMap:
     """A 2-D map of the identity space: UMAP fitted on `engine.identity_table`.
 
-    `coords` (K, 2) holds the training identities; `transform(vectors)` places
-    new identity vectors (an uploaded photo's Img2ID, gallery features) on it.
-    Tables too small for UMAP (fewer than `min_umap_points` rows) use a PCA
-    projection instead (`method` says which). `engine.explorer.identity_map()`
-    fits one per engine; `engine.explorer.warm_up_map()` does it in a background
-    thread so that an app starts without waiting for it.
+    `coords` (K, 2) holds the training identities; `transform(vectors)` places new
+    identity vectors (an uploaded photo's Img2ID, gallery features) at the inverse-distance
+    weighted mean of their `place_neighbors` nearest training identities' positions (the
+    start UMAP's own transform refines; measured, it needs a numba compile and a lock
+    and changes nothing a person reads off the map). Tables too small for UMAP (fewer
+    than `min_umap_points` rows) use a PCA projection (`method` says which). A map
+    fitted once (at export) is rebuilt from its `coords` without refitting.
     """
 
     min_umap_points = 10
+    place_neighbors = 5
 
     def __init__(self, table: np.ndarray, n_neighbors: int = 15, seed: int = 0, min_dist: float = 0.1,
-                 method: str = "auto"):
+                 method: str = "auto", coords: np.ndarray | None = None):
         table = np.asarray(table, dtype=np.float32)
         if table.ndim != 2 or len(table) < 2:
             raise ValueError("an identity map needs a (K >= 2, dim) table")
@@ -320,18 +339,21 @@ class IdentityMap:
             method = "umap" if len(table) >= self.min_umap_points else "pca"
         if method not in ("umap", "pca"):
             raise ValueError("method must be 'auto', 'umap' or 'pca'")
-        self.method = method
-        self.dim = table.shape[1]
-        self._lock = threading.Lock()  # umap's transform is not thread-safe
-        if method == "umap":
+        self.method, self.dim, self._table = method, table.shape[1], table
+        self._mean = table.mean(0)
+        _, _, vt = np.linalg.svd(table - self._mean, full_matrices=False)
+        self._axes = vt[:2].T if vt.shape[0] >= 2 else np.eye(self.dim, 2, dtype=np.float32)
+        if coords is not None:
+            coords = np.asarray(coords, dtype=np.float32)
+            if coords.shape != (len(table), 2):
+                raise ValueError(f"coords must have shape ({len(table)}, 2), got {coords.shape}")
+            self.coords = coords
+        elif method == "umap":
             import umap  # heavy import (numba): only here
-            self._umap = umap.UMAP(n_neighbors=max(2, min(n_neighbors, len(table) - 1)), n_components=2,
-                                   min_dist=min_dist, random_state=seed, n_jobs=1)
-            self.coords = np.asarray(self._umap.fit_transform(table), dtype=np.float32)
+            fit = umap.UMAP(n_neighbors=max(2, min(n_neighbors, len(table) - 1)), n_components=2,
+                            min_dist=min_dist, random_state=seed, n_jobs=1)
+            self.coords = np.asarray(fit.fit_transform(table), dtype=np.float32)
         else:
-            self._mean = table.mean(0)
-            _, _, vt = np.linalg.svd(table - self._mean, full_matrices=False)
-            self._axes = vt[:2].T if vt.shape[0] >= 2 else np.eye(self.dim, 2, dtype=np.float32)
             self.coords = ((table - self._mean) @ self._axes).astype(np.float32)
 
     def transform(self, vectors) -> np.ndarray:
@@ -344,5 +366,8 @@ class IdentityMap:
             return np.zeros((0, 2), np.float32)
         if self.method == "pca":
             return ((v - self._mean) @ self._axes).astype(np.float32)
-        with self._lock:
-            return np.asarray(self._umap.transform(v), dtype=np.float32)
+        k = min(self.place_neighbors, len(self._table))
+        d = np.sqrt(np.maximum(((v[:, None, :] - self._table[None]) ** 2).sum(-1), 0.0))
+        near = np.argsort(d, axis=1)[:, :k]
+        w = 1.0 / (np.take_along_axis(d, near, 1) + 1e-6)
+        return ((w[..., None] * self.coords[near]).sum(1) / w.sum(1, keepdims=True)).astype(np.float32)

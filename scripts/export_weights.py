@@ -1,6 +1,7 @@
 """Assemble a trained run into a shippable weights folder, fp16 where it loses nothing measurable.
 
     python scripts/export_weights.py --run runs/cpu [--baseline-run runs/cpu-baseline] --out weights [--fp16]
+    python scripts/export_weights.py --out weights --precomputed-only
 
 Copies each component's config.json and safetensors (cast to fp16 with --fp16), plus
 preset.json, identities.json, pose_library.json and training_log.json; then loads the
@@ -79,14 +80,39 @@ def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
     return res
 
 
+def add_precomputed(out: Path, seed: int = 0) -> list[Path]:
+    """What the apps would otherwise compute at every start, made once with the exported
+    weights (as the apps load them) and shipped beside them: every training identity's
+    portrait (643 generations, minutes on 2 cores) and the identity map (a UMAP fit)."""
+    from tqdm import tqdm
+
+    from reid_core import ReIDEngine
+    from reid_core.explore import IdentityMap
+    from reid_core.weights import save_identity_map, save_portraits
+    engine = ReIDEngine.from_pretrained(out, load_baseline=False)
+    imap = IdentityMap(engine.identity_table, seed=seed)
+    written = [save_identity_map(out, imap.method, imap.coords, engine.fingerprint)]
+    with tqdm(total=engine.num_identities, desc="portraits") as bar:
+        images = engine.explorer.all_portraits(seed, progress=lambda f: bar.update(round(f * bar.total) - bar.n))
+    return written + [save_portraits(out, images, engine.fingerprint, seed)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--run", type=Path, default=None, help="the training run to export (omit with --portraits-only)")
     ap.add_argument("--baseline-run", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("weights"))
     ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--precomputed-only", action="store_true",
+                    help="only (re)make --out's portraits and identity map")
     a = ap.parse_args()
+    if a.precomputed_only:
+        print("wrote", *add_precomputed(a.out))
+        return
+    if a.run is None:
+        ap.error("--run is required (unless --precomputed-only)")
     export(a.run, a.out, a.fp16, a.baseline_run)
+    add_precomputed(a.out)
     size = sum(f.stat().st_size for f in a.out.rglob("*") if f.is_file())
     print(f"exported to {a.out}: {size / 2**20:.1f} MiB")
     print(json.dumps(compare(a.run, a.out, a.baseline_run or a.run), indent=2))

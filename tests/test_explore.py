@@ -149,6 +149,7 @@ class _TableOnly:
     def __init__(self, table):
         self.identity_table = table
         self.num_identities = len(table)
+        self.weights_dir = None          # nothing shipped: the map is fitted
 
 
 def _clustered(k_per=15, clusters=3, dim=32, seed=0):
@@ -216,3 +217,46 @@ def test_identity_map_rejects_bad_tables():
         IdentityMap(np.zeros((1, 32)))
     with pytest.raises(ValueError):
         IdentityMap(np.zeros((5, 32)), method="tsne")
+
+
+def test_portraits_shipped_with_the_weights_spare_the_generator(tiny_weights, tmp_path, monkeypatch):
+    import shutil
+
+    from reid_core import ReIDEngine
+    from reid_core.weights import PORTRAITS_FILE, load_portraits, save_portraits
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    engine = ReIDEngine.from_pretrained(folder, device="cpu")
+    made = engine.explorer.all_portraits(seed=0, batch=3)
+    assert made.shape == (engine.num_identities, *engine.image_size, 3)
+    save_portraits(folder, made, engine.fingerprint, seed=0)
+    assert np.array_equal(load_portraits(folder, engine.fingerprint, 0), made)      # lossless
+    assert load_portraits(folder, "other-weights", 0) is None and load_portraits(folder, engine.fingerprint, 1) is None
+    calls = []
+    original = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fresh = Explorer(engine)
+    assert fresh.warm_portraits(seed=0) == "weights" and not calls
+    shown = fresh.portrait_images(range(engine.num_identities), seed=0)
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(shown, made)) and not calls
+    (folder / PORTRAITS_FILE).write_bytes(b"damaged")                                # unreadable: not used
+    assert load_portraits(folder, engine.fingerprint, 0) is None
+
+
+def test_identity_map_fitted_at_export_is_used_as_shipped(tiny_weights, tmp_path, monkeypatch):
+    import shutil
+
+    from reid_core import ReIDEngine
+    from reid_core.weights import save_identity_map
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    engine = ReIDEngine.from_pretrained(folder, device="cpu")
+    coords = np.random.default_rng(0).normal(size=(engine.num_identities, 2)).astype(np.float32)
+    save_identity_map(folder, "umap", coords, engine.fingerprint)
+    monkeypatch.setattr(IdentityMap, "min_umap_points", 10**9)  # a fit now would be PCA: it must not happen
+    m = Explorer(engine).identity_map()
+    assert m.method == "umap" and np.allclose(m.coords, coords, atol=1e-4)
+    # a training identity's own vector lands on its own point
+    np.testing.assert_allclose(m.transform(engine.identity_table[3])[0], m.coords[3], atol=1e-3)
+    save_identity_map(folder, "umap", coords, "other-weights")                      # not these weights: refit
+    assert Explorer(engine).identity_map().method == "pca"
