@@ -161,19 +161,21 @@ def name_identity(photo) -> tuple[int, int]:
 
 
 def match_label(m, query_pid: int = -1) -> str:
-    """Distance, then who and which camera when the name says, else the file name (an upload's
-    name as the visitor gave it: it may hold a slash); whether it is truly the query's person
-    when both names carry ids; how likely it is the same person by the calibrated verdict."""
-    if m.pid >= 0:
-        cam = f" · cam {m.camid + 1}" if m.camid >= 0 else ""
-        label = f"{m.distance:.3f} · pid {m.pid}{cam}"
-        if query_pid >= 0:
-            label += " · ✅ same person" if m.pid == query_pid else " · ❌ another person"
-    else:
-        label = f"{m.distance:.3f} · {m.path if m.source == 'uploads' else Path(m.path).name}"
+    """What a person reads first comes first (tiles are narrow): whether it is truly the query's
+    person when both names carry ids (✅/❌), the distance, how likely the calibrated verdict
+    finds it the same person, then who and which camera when the name says, else the file name
+    (an upload's name as the visitor gave it: it may hold a slash)."""
+    parts = []
+    if m.pid >= 0 and query_pid >= 0:
+        parts.append("✅" if m.pid == query_pid else "❌")
+    parts.append(f"{m.distance:.3f}")
     if m.same_probability is not None:
-        label += f" · P(same) {m.same_probability:.0%}"
-    return label
+        parts[-1] += f" · {m.same_probability:.0%} same"
+    if m.pid >= 0:
+        parts.append(f"· pid {m.pid}" + (f" · cam {m.camid + 1}" if m.camid >= 0 else ""))
+    else:
+        parts.append(f"· {m.path if m.source == 'uploads' else Path(m.path).name}")
+    return " ".join(parts)
 
 
 # ---------------------------------------------------------------- examples

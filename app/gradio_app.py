@@ -61,8 +61,9 @@ CSS = """
 /* person crops are tall: tall thumbnails, the caption under the picture, no empty fixed height */
 .person-gallery .grid-wrap { height: auto !important; max-height: none !important; min-height: 0 !important; }
 .person-gallery .thumbnail-item { aspect-ratio: 1 / 2.3 !important; height: auto !important; }
-.person-gallery .thumbnail-item img { object-fit: contain !important; padding-bottom: 26px; background: #f3f4f6; }
-.person-gallery .caption-label { font-size: 12px; max-width: 100% !important; bottom: 2px !important; }
+.person-gallery .thumbnail-item img { object-fit: contain !important; padding-bottom: 44px; background: #f3f4f6; }
+.person-gallery .caption-label { font-size: 12px; line-height: 1.25; max-width: 100% !important; bottom: 2px !important;
+  white-space: normal !important; overflow: hidden; display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; }
 """
 
 # Clicking a point of the identity map writes its index into the "Identity index" box.
@@ -349,7 +350,8 @@ class ReIDApp:
         sens = self.memory.cached_sensitivity(self._vector(base, values), seed=common.check_seed(noise_seed))
         if sens is None:
             k = len(self.ranges)
-            return gr.skip(), (f"Which {common.axes_title(self.engine).lower()} move this picture most? Click "
+            # None clears the chart: another identity's chart must not stay beside these sliders
+            return None, (f"Which {common.axes_title(self.engine).lower()} move this picture most? Click "
                                f"**Which dimensions matter?** ({2 * k + 1} generations, then cached).")
         return self._sensitivity_outputs(sens)
 
@@ -444,7 +446,7 @@ class ReIDApp:
             if qpid >= 0:
                 right = sum(m.pid == qpid for m in hits)
                 note = (f" The query is a dataset crop (pid {qpid}, camera {qcam + 1}): {right} of {len(hits)} "
-                        f"matches are that person" + (f", camera {qcam + 1} left out." if other_cameras else "."))
+                        f"matches (✅) are that person" + (f", camera {qcam + 1} left out." if other_cameras else "."))
         else:
             note = " No gallery yet: index a folder or add photos below to search images too."
         caption = (f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
@@ -643,7 +645,9 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
             l_sens_btn.click(app.latent_sensitivity, sens_in, sens_out, api_name="latent_sensitivity",
                              concurrency_limit=1, concurrency_id="sensitivity")
             gr.on([s.input for s in sliders] + [l_noise.submit], app.latent_render, sens_in, [l_out],
-                  trigger_mode="always_last", show_progress="hidden", api_name="latent_render", **MODEL)
+                  trigger_mode="always_last", show_progress="hidden", api_name="latent_render", **MODEL).then(
+                app.latent_sensitivity_cached, sens_in, sens_out, show_progress="hidden",
+                api_name="latent_sensitivity_after_move")  # the chart follows the sliders
             sliders_tab.select(
                 lambda noise, b, *vals: app.latent_load(TRAINING, 0, 0, None, noise) if not b else
                 (*vals, gr.skip(), b, gr.skip()),

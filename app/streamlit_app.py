@@ -299,7 +299,7 @@ def tab_reid(engine, scale, folders):
                     show_images(st, [m.image for m in hits], [common.match_label(m, qpid) for m in hits], scale)
                     if qpid >= 0:
                         st.caption(f"The query is a dataset crop (pid {qpid}, camera {qcam + 1}): "
-                                   f"{sum(m.pid == qpid for m in hits)} of {len(hits)} matches are that person"
+                                   f"{sum(m.pid == qpid for m in hits)} of {len(hits)} matches (✅) are that person"
                                    + (f", camera {qcam + 1} left out." if other else "."))
                 else:
                     st.info("No gallery yet: index a folder or add photos to search images too.")

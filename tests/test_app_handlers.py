@@ -204,8 +204,8 @@ def test_latent_sliders(app, engine, photo):
     assert list(reset[:k]) == list(values) and reset[k + 1] == base
     rnd = app.latent_random(0, seed=11)
     assert "seed 11" in rnd[-1] and all(a <= v <= b for v, a, b in zip(rnd[:k], lo, hi))
-    skip, hint = app.latent_sensitivity_cached(0, base, *values)
-    assert not isinstance(skip, go.Figure) and "Which dimensions matter" in hint   # not computed yet
+    cleared, hint = app.latent_sensitivity_cached(0, base, *values)
+    assert cleared is None and "Which dimensions matter" in hint   # not computed yet: no stale chart
     fig, scap = app.latent_sensitivity(0, base, *values)
     assert isinstance(fig, go.Figure) and len(fig.data[0].y) == k and "most" in scap
     fig2, scap2 = app.latent_sensitivity_cached(0, base, *values)                   # now it is cached
@@ -230,14 +230,14 @@ def test_reidentify_with_folder_and_uploads(app, engine, photo, synthetic_market
     assert "images indexed" in status
     ids, gal, cap = app.reidentify(photo, 4, None)
     assert len(gal) == 4 and "pid" in gal[0][1]
-    dists = [float(c.split(" · ")[0]) for _, c in gal]
+    dists = [float(c.lstrip("✅❌ ").split(" · ")[0]) for _, c in gal]
     assert dists == sorted(dists)
     # the query's own person is among the nearest gallery images (synthetic persons are easy)
     qpid = int(Path(photo).name.split("_")[0])
     assert any(f"pid {qpid}" in c for _, c in gal)
     # a dataset crop: right and wrong matches are marked, and its own camera is left out by default
     qcam = int(Path(photo).name.split("_c")[1][0])
-    assert all(("✅ same person" in c) == (f"pid {qpid} " in c + " ") for _, c in gal)
+    assert all(c.startswith("✅" if f"pid {qpid} " in c + " " else "❌") for _, c in gal)
     assert all(f"cam {qcam}" not in c for _, c in gal) and f"camera {qcam} left out" in cap
     _, every_cam, cap2 = app.reidentify(photo, 20, None, False)
     assert any(f"cam {qcam}" in c for _, c in every_cam) and "left out" not in cap2
@@ -315,9 +315,9 @@ def test_match_labels_say_who_where_and_how_likely():
     from reid_core.engine import Match
     assert common.match_label(Match("/x/0007_c2s1_01.jpg", 7, 1, 0.1234)) == "0.123 · pid 7 · cam 2"
     assert common.match_label(Match("a/b.jpg", -1, -1, 0.5, "uploads", None, 0.873)) == \
-        "0.500 · a/b.jpg · P(same) 87%"
-    assert common.match_label(Match("/x/0007_c2s1_01.jpg", 7, 1, 0.1), query_pid=7).endswith("✅ same person")
-    assert common.match_label(Match("/x/0008_c2s1_01.jpg", 8, 1, 0.1), query_pid=7).endswith("❌ another person")
+        "0.500 · 87% same · a/b.jpg"
+    assert common.match_label(Match("/x/0007_c2s1_01.jpg", 7, 1, 0.1), query_pid=7) == "✅ 0.100 · pid 7 · cam 2"
+    assert common.match_label(Match("/x/0008_c2s1_01.jpg", 8, 1, 0.1), query_pid=7).startswith("❌ 0.100")
     assert common.name_identity("/tmp/gradio/ab12/0042_c3s2_000100_01.jpg") == (42, 2)
     assert common.name_identity("holiday.jpg") == (-1, -1)
     assert common.match_label(Match("/g/photo.png", -1, -1, 0.25)) == "0.250 · photo.png"
