@@ -130,6 +130,18 @@ def axis_word(engine) -> str:
     return "dim" if engine.axes_are_dimensions else "axis"
 
 
+def slider_layout(engine) -> tuple[list[int], list[str], str]:
+    """(axes in display order, each axis's label, a note on the order): the axes that most often
+    change who the person is come first when the weights carry that ranking (judged at export)."""
+    order, rate = engine.explorer.slider_order()
+    word = axis_word(engine)
+    labels = [f"{word} {d}" + (f" · changes who {rate[d]:.0%}" if rate is not None else "") for d in range(len(order))]
+    note = ("Sliders are ordered by how often moving them ±2 sd changes who the judge (the baseline "
+            "re-ID network) sees, over 16 training identities: the paper's Fig. 11, measured."
+            if rate is not None else "")
+    return order, labels, note
+
+
 def axes_title(engine) -> str:
     """The sliders' kind, plural, for captions."""
     return "Dimensions" if engine.axes_are_dimensions else "Principal axes"

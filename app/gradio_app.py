@@ -620,14 +620,17 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                         l_load = gr.Button("Load identity", elem_id="lat-load")
                     l_caption = gr.Markdown(elem_id="lat-caption")
                 with gr.Column(scale=3):
-                    sliders = []
-                    word = common.axis_word(engine)
-                    for row in range(0, len(app.ranges), 4):
+                    order, labels, order_note = common.slider_layout(engine)
+                    if order_note:
+                        gr.Markdown(order_note, elem_classes=["small-note"])
+                    by_axis = {}
+                    for row in range(0, len(order), 4):
                         with gr.Row():
-                            for d in range(row, min(row + 4, len(app.ranges))):
+                            for d in order[row:row + 4]:
                                 lo, hi = (float(x) for x in app.ranges[d])
-                                sliders.append(gr.Slider(lo, hi, value=round((lo + hi) / 2, 4), step=(hi - lo) / 200,
-                                                         label=f"{word} {d}", min_width=120, elem_id=f"lat-dim-{d}"))
+                                by_axis[d] = gr.Slider(lo, hi, value=round((lo + hi) / 2, 4), step=(hi - lo) / 200,
+                                                       label=labels[d], min_width=120, elem_id=f"lat-dim-{d}")
+                    sliders = [by_axis[d] for d in range(len(order))]  # handlers take them in axis order
             with gr.Row():
                 l_sens_btn = gr.Button("Which dimensions matter?", elem_id="lat-sens-btn", scale=0, min_width=260)
                 l_sens_caption = gr.Markdown(elem_id="lat-sens-caption")

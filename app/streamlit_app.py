@@ -219,9 +219,14 @@ def tab_sliders(engine, scale):
         image_slot = st.empty()
         st.caption(f"Identity: {st.session_state.get('lat-what', 'training identity #0')}")
     with right:
+        order, labels, order_note = common.slider_layout(engine)
+        if order_note:
+            st.caption(order_note)
         cols = st.columns(4)
-        values = [cols[d % 4].slider(f"{word} {d}", float(lo), float(hi), step=float(hi - lo) / 200,
-                                     key=f"lat-dim-{d}") for d, (lo, hi) in enumerate(ranges)]
+        by_axis = {d: cols[i % 4].slider(labels[d], float(ranges[d][0]), float(ranges[d][1]),
+                                         step=float(ranges[d][1] - ranges[d][0]) / 200, key=f"lat-dim-{d}")
+                   for i, d in enumerate(order)}
+        values = [by_axis[d] for d in range(len(order))]
     vector = engine.from_axes(np.asarray(values, np.float32), st.session_state["lat-base"])
     show_images(image_slot, engine.explorer.generate(vector, [int(noise_seed)])[0],
                 "fixed noise, your identity", 2 * scale)

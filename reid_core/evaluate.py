@@ -100,6 +100,43 @@ def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarra
     return np.concatenate(out)
 
 
+def axis_identity_change(engine, judge, bases: int = 16, sds: float = 2.0, seed: int = 0,
+                         progress=None) -> dict:
+    """Which slider axes change WHO the person is (the paper's Fig. 11 made measurable).
+
+    For `bases` training identities (evenly spread over the table) under the noise of `seed`,
+    each of `engine.latent_axes` is moved by +-`sds` standard deviations of the trained rows
+    along it; `judge` (the baseline) names the person in every picture. An axis changes the
+    identity of a base when the judged person at +sds or at -sds differs from the unmoved one.
+    Returns rate (num_axes,) = share of bases changed, order (axes by rate, most first),
+    changed_axes = axes with rate >= 0.5, and the sweep's settings.
+    """
+    from .models.baseline_net import classify_images
+    n = engine.num_identities
+    rows = np.unique(np.linspace(0, n - 1, min(bases, n)).astype(int))
+    axes, move = engine.latent_axes, sds * engine.axis_spread
+    z = engine.noise(int(seed))
+
+    def judged(ids):
+        imgs = np.stack([np.asarray(im) for im in engine.generate(ids, noise=z)])
+        return classify_images(judge, imgs, device=engine.device)
+
+    base = judged(engine.identity_table[rows])
+    changed = np.zeros((len(axes), len(rows)), bool)
+    for d in range(len(axes)):
+        shift = move[d] * axes[d]
+        ids = np.concatenate([engine.identity_table[rows] + shift, engine.identity_table[rows] - shift])
+        pred = judged(ids)
+        changed[d] = (pred[:len(rows)] != base) | (pred[len(rows):] != base)
+        if progress is not None:
+            progress((d + 1) / len(axes))
+    rate = changed.mean(1)
+    order = np.argsort(-rate, kind="stable")
+    return {"rate": rate.tolist(), "order": order.tolist(), "changed_axes": int((rate >= 0.5).sum()),
+            "axes": len(axes), "bases": len(rows), "sds": float(sds), "seed": int(seed),
+            "base_judged_right": float(np.mean(base == rows))}
+
+
 def pixel_spread(groups: np.ndarray) -> float:
     """Mean per-pixel standard deviation within groups: (G, n, H, W, 3) uint8 -> float in [0, 1]."""
     return float((groups.astype(np.float32) / 255.0).std(axis=1).mean())

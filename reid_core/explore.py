@@ -286,6 +286,24 @@ class Explorer:
         arr = np.stack(arrs)
         return np.abs(arr[1:] - arr[0]).reshape(dim, 2, -1).mean(axis=(1, 2))
 
+    # ---- which sliders change who the person is
+    def slider_order(self) -> tuple[list[int], list[float] | None]:
+        """Slider axes in the order to show them, and per axis the share of identities whose
+        judged person changes when it moves +-2 sd (`evaluate.axis_identity_change`, run at
+        export and shipped with the weights); natural order and None when not shipped."""
+        from .weights import SLIDER_RANKING_FILE, load_keyed_json
+        engine = self.engine
+        k = len(engine.latent_axes)
+        meta = load_keyed_json(engine.weights_dir, SLIDER_RANKING_FILE, engine.fingerprint) \
+            if engine.weights_dir else None
+        try:
+            order, rate = [int(d) for d in meta["order"]], [float(r) for r in meta["rate"]]
+            if sorted(order) == list(range(k)) and len(rate) == k:
+                return order, rate
+        except (TypeError, KeyError, ValueError):
+            pass
+        return list(range(k)), None
+
     # ---- identity map
     def identity_map(self, **kwargs) -> "IdentityMap":
         """The UMAP of the engine's identity table: the one fitted at export (weights folder),

@@ -10,6 +10,7 @@ export and publish copy it.
                            export so that the apps never wait for 643 generations (optional;
                            lossless WebP: 2.1 MB where PNG takes 2.7)
     identity_map.json      the identity table's UMAP coordinates, fitted at export (optional)
+    slider_ranking.json    which slider axes change who the person is, judged at export (optional)
     <component>/config.json + diffusion_pytorch_model.safetensors   (save_pretrained)
 
 Nothing here unpickles: components load from safetensors, strictly.
@@ -28,6 +29,7 @@ PORTRAITS_FILE = "portraits.webp"
 PORTRAITS_META = "portraits.json"
 PORTRAITS_COLUMNS = 32
 IDENTITY_MAP_FILE = "identity_map.json"
+SLIDER_RANKING_FILE = "slider_ranking.json"
 FILES = (PRESET_FILE, IDENTITIES_FILE, TRAINING_LOG, POSE_LIBRARY_FILE, VERDICT_FILE)
 REQUIRED = ("generator", "prior", "img2id", "img2noise")
 OPTIONAL = ("baseline", "pose_generator", "pose_encoder")
@@ -120,33 +122,45 @@ def load_portraits(root, fingerprint: str, seed: int = 0):
         return None
 
 
-def save_identity_map(root, method: str, coords, fingerprint: str) -> Path:
-    """The identity map fitted at export: (K, 2) coordinates, keyed by the engine fingerprint."""
+def save_keyed_json(root, filename: str, fingerprint: str, **payload) -> Path:
+    """A JSON file of results computed from these weights, keyed by the engine fingerprint."""
     import json
 
-    import numpy as np
-
     from .io import atomic_write_text
-    coords = np.asarray(coords, np.float32)
-    path = Path(root) / IDENTITY_MAP_FILE
-    atomic_write_text(path, json.dumps({"fingerprint": fingerprint, "method": method,
-                                        "coords": np.round(coords, 4).tolist()}))
+    path = Path(root) / filename
+    atomic_write_text(path, json.dumps({"fingerprint": fingerprint, **payload}))
     return path
 
 
-def load_identity_map(root, fingerprint: str):
-    """{"method", "coords" (K, 2)} of the shipped map, or None (absent, unreadable, other weights)."""
+def load_keyed_json(root, filename: str, fingerprint: str) -> dict | None:
+    """The payload of `save_keyed_json`, or None (absent, unreadable, made by other weights)."""
     import json
-
-    import numpy as np
-    path = Path(root) / IDENTITY_MAP_FILE
+    path = Path(root) / filename
     if not path.is_file():
         return None
     try:
         meta = json.loads(path.read_text())
-        if meta.get("fingerprint") != fingerprint or meta.get("method") not in ("umap", "pca"):
-            return None
-        coords = np.asarray(meta["coords"], np.float32)
-        return {"method": meta["method"], "coords": coords} if coords.ndim == 2 and coords.shape[1] == 2 else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(meta, dict) or meta.pop("fingerprint", None) != fingerprint:
+        return None
+    return meta
+
+
+def save_identity_map(root, method: str, coords, fingerprint: str) -> Path:
+    """The identity map fitted at export: (K, 2) coordinates, keyed by the engine fingerprint."""
+    import numpy as np
+    return save_keyed_json(root, IDENTITY_MAP_FILE, fingerprint, method=method,
+                           coords=np.round(np.asarray(coords, np.float32), 4).tolist())
+
+
+def load_identity_map(root, fingerprint: str):
+    """{"method", "coords" (K, 2)} of the shipped map, or None (absent, unreadable, other weights)."""
+    import numpy as np
+    meta = load_keyed_json(root, IDENTITY_MAP_FILE, fingerprint)
+    try:
+        coords = np.asarray(meta["coords"], np.float32)
+        ok = meta["method"] in ("umap", "pca") and coords.ndim == 2 and coords.shape[1] == 2
+    except (TypeError, KeyError, ValueError):
+        return None
+    return {"method": meta["method"], "coords": coords} if ok else None

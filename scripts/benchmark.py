@@ -179,6 +179,68 @@ def bench_pose(engine, data, quick: bool) -> dict:
     return out
 
 
+def bench_sliders(engine, img_dir: Path, quick: bool) -> dict:
+    """Which of the 32 slider axes change who the person is (issue 10): the ranking shipped with
+    the weights (made at export by the same function), else measured now; and the sweeps of the
+    six most identity-changing axes as a picture."""
+    from reid_core.evaluate import axis_identity_change
+    from reid_core.weights import SLIDER_RANKING_FILE, load_keyed_json
+    if engine.baseline is None:
+        return {"skipped": "no baseline (judge) in these weights"}
+    shipped = load_keyed_json(engine.weights_dir, SLIDER_RANKING_FILE, engine.fingerprint)
+    out = dict(shipped) if shipped else axis_identity_change(engine, engine.baseline, bases=8 if quick else 16)
+    out["source"] = "shipped with the weights (made at export)" if shipped else "measured by this run"
+    base = engine.identity_table[0]
+    sd, axes = engine.axis_spread, engine.latent_axes
+    rows = []
+    for d in out["order"][:6]:
+        ids = np.stack([base + t * sd[d] * axes[d] for t in (-2, -1, 0, 1, 2)])
+        rows.append(engine.generate(ids, noise=engine.noise(0)))
+    img_dir.mkdir(parents=True, exist_ok=True)
+    grid(rows, labels=[f"axis {d}: {out['rate'][d]:.0%}" for d in out["order"][:6]]).save(img_dir / "sliders.png")
+    out["picture"] = "img/sliders.png"
+    return out
+
+
+def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
+    """Identity swap (paper Sec. 7, issue 10): GEN(Img2ID(A), Img2Noise(B)) for training images
+    A, B of different people; judged as A by the baseline; B's pose kept (PCK@0.2 between the
+    poses extracted from the result and from B)."""
+    from reid_core.data import relabel
+    from reid_core.models.baseline_net import classify_images
+    from reid_core.pose import pck
+    if engine.baseline is None:
+        return {"skipped": "no baseline (judge) in these weights"}
+    train = load_split(data, "train", engine.image_size, progress=False)
+    crops = load_split(data, "train", engine.embed_size, progress=False).images
+    labels, _ = relabel(train.pids)
+    rng = np.random.default_rng(0)
+    n = 50 if quick else 200
+    a = rng.choice(len(labels), n, replace=False)
+    b = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in a])
+    ids_a = engine.embed_arrays(crops[a])
+    _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
+    out_imgs = np.concatenate([np.stack([np.asarray(im) for im in engine.generate(ids_a[i:i + 64],
+                                                                                   noise=noise_b[i:i + 64])])
+                               for i in range(0, n, 64)])
+    judged = classify_images(engine.baseline, out_imgs, device=engine.device)
+    correct = considered = 0
+    for img, j in zip(out_imgs, b):
+        ref = engine.extract_pose(Image.fromarray(train.images[j]))
+        res = engine.extract_pose(Image.fromarray(img))
+        if not ref.found:
+            continue
+        c, k = pck(res.keypoints if res.found else None, ref.keypoints, 0.2, size=(128, 64), min_conf=0.3)
+        correct, considered = correct + c, considered + k
+    rows = [[Image.fromarray(train.images[i]), Image.fromarray(train.images[j]), Image.fromarray(o)]
+            for i, j, o in list(zip(a, b, out_imgs))[:8]]
+    img_dir.mkdir(parents=True, exist_ok=True)
+    grid([list(col) for col in zip(*rows)], labels=["A (identity)", "B (noise)", "swap"]).save(img_dir / "swap.png")
+    return {"pairs": n, "judged_as_A": float(np.mean(judged == labels[a])),
+            "judged_as_B": float(np.mean(judged == labels[b])),
+            "pose_pck02_vs_B": correct / max(1, considered), "picture": "img/swap.png"}
+
+
 def pictures(engine, data, img_dir: Path) -> dict:
     img_dir.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -403,6 +465,25 @@ def report(res: dict, out: Path) -> str:
         if "identity_kept_gap" in g:
             L.append(f"| identity kept across the library poses (judge top-1) | {_pct(g['identity_kept_with_poses'])} vs {_pct(g['identity_kept_without_pose'])} without pose | within 5 points {_mark(g['identity_kept_gap'] <= 0.05)} |")
         L.append("")
+    sl, sw = res.get("sliders"), res.get("swap")
+    if sl and "skipped" not in sl or sw and "skipped" not in sw:
+        L += ["## Sliders and identity swap", "", "| figure | measured | target |", "| --- | --- | --- |"]
+        if sl and "rate" in sl:
+            top = ", ".join(f"{d} ({sl['rate'][d]:.0%})" for d in sl["order"][:6])
+            L += [f"| slider axes whose ±{sl['sds']:g} sd sweep changes the judge's top-1 identity (for at least half "
+                  f"of {sl['bases']} training identities; {sl['source']}) | {sl['changed_axes']} of {sl['axes']} "
+                  f"(most: {top}) | ≥ 16 of 32 {_mark(sl['changed_axes'] >= 16)} |"]
+        if sw and "judged_as_A" in sw:
+            L += [f"| swap GEN(Img2ID(A), Img2Noise(B)) judged as A ({sw['pairs']} training pairs, different people; "
+                  f"as B: {_pct(sw['judged_as_B'])}) | {_pct(sw['judged_as_A'])} | ≥ 60% {_mark(sw['judged_as_A'] >= 0.6)} |",
+                  f"| swap: PCK@0.2 of the result's pose vs B's | {_pct(sw['pose_pck02_vs_B'])} | ≥ 60% "
+                  f"{_mark(sw['pose_pck02_vs_B'] >= 0.6)} |"]
+        L.append("")
+        for name, title in (("sliders", "The six most identity-changing slider axes, training identity 0, "
+                                        "-2 to +2 sd (left to right), fixed noise"),
+                            ("swap", "Identity swap: A's identity on B's noise (rows: A, B, result)")):
+            if res.get(name, {}).get("picture"):
+                L += [f"**{title}**", "", f"![{name}]({res[name]['picture']})", ""]
     pics = res.get("pictures", {})
     if pics:
         L += ["## Pictures", ""]
@@ -432,7 +513,8 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the sections of the existing benchmarks.json that this run does not measure")
     ap.add_argument("--sections", nargs="+",
-                    default=["reid", "retrieval", "consistency", "inversion", "speed", "pose", "pictures"])
+                    default=["reid", "retrieval", "consistency", "inversion", "speed", "pose", "sliders", "swap",
+                             "pictures"])
     a = ap.parse_args()
     if a.report_only:
         res = json.loads((a.out / "benchmarks.json").read_text())
@@ -452,6 +534,8 @@ def main() -> None:
              "inversion": lambda: bench_inversion(engine, a.data, a.quick),
              "speed": lambda: bench_speed(engine, a.weights, a.quick),
              "pose": lambda: bench_pose(engine, a.data, a.quick),
+             "sliders": lambda: bench_sliders(engine, a.out / "img", a.quick),
+             "swap": lambda: bench_swap(engine, a.data, a.out / "img", a.quick),
              "pictures": lambda: pictures(engine, a.data, a.out / "img")}
     if a.merge and (a.out / "benchmarks.json").exists():
         old = json.loads((a.out / "benchmarks.json").read_text())

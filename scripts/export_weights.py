@@ -83,15 +83,22 @@ def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
 def add_precomputed(out: Path, seed: int = 0) -> list[Path]:
     """What the apps would otherwise compute at every start, made once with the exported
     weights (as the apps load them) and shipped beside them: every training identity's
-    portrait (643 generations, minutes on 2 cores) and the identity map (a UMAP fit)."""
+    portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit) and which
+    sliders change who the person is (the judge over a +-2 sd sweep of every axis)."""
     from tqdm import tqdm
 
     from reid_core import ReIDEngine
+    from reid_core.evaluate import axis_identity_change
     from reid_core.explore import IdentityMap
-    from reid_core.weights import save_identity_map, save_portraits
-    engine = ReIDEngine.from_pretrained(out, load_baseline=False)
+    from reid_core.weights import SLIDER_RANKING_FILE, save_identity_map, save_keyed_json, save_portraits
+    engine = ReIDEngine.from_pretrained(out)
     imap = IdentityMap(engine.identity_table, seed=seed)
     written = [save_identity_map(out, imap.method, imap.coords, engine.fingerprint)]
+    if engine.baseline is not None:  # the judge: which sliders change who the person is
+        with tqdm(total=100, desc="slider ranking") as bar:
+            ranking = axis_identity_change(engine, engine.baseline, seed=seed,
+                                           progress=lambda f: bar.update(round(f * 100) - bar.n))
+        written.append(save_keyed_json(out, SLIDER_RANKING_FILE, engine.fingerprint, **ranking))
     with tqdm(total=engine.num_identities, desc="portraits") as bar:
         images = engine.explorer.all_portraits(seed, progress=lambda f: bar.update(round(f * bar.total) - bar.n))
     return written + [save_portraits(out, images, engine.fingerprint, seed)]

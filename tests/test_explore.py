@@ -260,3 +260,30 @@ def test_identity_map_fitted_at_export_is_used_as_shipped(tiny_weights, tmp_path
     np.testing.assert_allclose(m.transform(engine.identity_table[3])[0], m.coords[3], atol=1e-3)
     save_identity_map(folder, "umap", coords, "other-weights")                      # not these weights: refit
     assert Explorer(engine).identity_map().method == "pca"
+
+
+def test_axis_identity_change_and_the_slider_order_it_ships(tiny_weights, tmp_path):
+    import shutil
+
+    from app import common
+    from reid_core import ReIDEngine
+    from reid_core.evaluate import axis_identity_change
+    from reid_core.weights import SLIDER_RANKING_FILE, save_keyed_json
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    engine = ReIDEngine.from_pretrained(folder, device="cpu")
+    k = len(engine.latent_axes)
+    still = axis_identity_change(engine, engine.baseline, bases=4, sds=0.0)
+    assert still["rate"] == [0.0] * k and still["changed_axes"] == 0      # no move: nobody changes
+    r = axis_identity_change(engine, engine.baseline, bases=4, sds=6.0)
+    rate = np.asarray(r["rate"])
+    assert rate.shape == (k,) and ((rate >= 0) & (rate <= 1)).all() and rate.max() > 0  # a big move changes someone
+    assert sorted(r["order"]) == list(range(k)) and list(np.diff(rate[r["order"]]) <= 0) == [True] * (k - 1)
+    assert r["changed_axes"] == int((rate >= 0.5).sum())
+    assert Explorer(engine).slider_order() == (list(range(k)), None)      # nothing shipped: natural order
+    save_keyed_json(folder, SLIDER_RANKING_FILE, engine.fingerprint, **r)
+    assert Explorer(engine).slider_order() == (r["order"], r["rate"])
+    order, labels, note = common.slider_layout(engine)
+    assert order == r["order"] and "changes who" in labels[0] and "Fig. 11" in note
+    save_keyed_json(folder, SLIDER_RANKING_FILE, "other-weights", **r)     # not these weights: ignored
+    assert Explorer(engine).slider_order() == (list(range(k)), None)
