@@ -80,3 +80,16 @@ def test_flip_swaps_left_and_right():
     np.testing.assert_allclose(f[5], [0.8, 0.3, 1.0])
     np.testing.assert_allclose(f[2], [0.3, 0.3, 0.9])
     np.testing.assert_allclose(flip_keypoints(f), k)
+
+
+def test_pose_stage_goes_on_from_init_only_for_the_same_generator(tiny_weights):
+    import torch
+
+    from reid_core.training.pose import _same_generator
+    from reid_core.weights import load_component
+    gen = load_component(tiny_weights, "generator")
+    assert _same_generator(tiny_weights, gen)          # pose-only run: keep the guider's tuning
+    with torch.no_grad():
+        next(gen.parameters()).add_(0.01)             # a retrained generator: start from it instead
+    assert not _same_generator(tiny_weights, gen)
+    assert not _same_generator(None, gen)

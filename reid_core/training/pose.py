@@ -16,7 +16,7 @@ from ..data import to_tensor
 from ..io import atomic_write_json
 from ..models import IdentityUNet, PoseEncoder
 from ..schedule import make_scheduler
-from ..weights import POSE_LIBRARY_FILE
+from ..weights import POSE_LIBRARY_FILE, has_component, load_component
 from .common import TrainData, diffusion_loss, finish, flip_where, loss_record, start_weights, write_log
 from .loop import TrainLoop, warmup_cosine
 
@@ -58,6 +58,18 @@ def pose_keep_mask(has_pose: torch.Tensor, dropout: float, g: torch.Generator) -
     return has_pose & (torch.rand(len(has_pose), generator=g) >= dropout)
 
 
+def _same_generator(init: Path | None, generator) -> bool:
+    """Whether `init` holds a pose guider tuned from exactly this generator."""
+    if init is None or not has_component(init, "pose_generator") or not has_component(init, "generator"):
+        return False
+    theirs = load_component(init, "generator").state_dict()
+    ours = generator.state_dict()
+    # compared at fp16: shipped weights are an fp16 export of the run's fp32 ones
+    return set(theirs) == set(ours) and all(
+        torch.equal(theirs[k].cpu().half(), ours[k].cpu().half()) if ours[k].is_floating_point()
+        else torch.equal(theirs[k].cpu(), ours[k].cpu()) for k in ours)
+
+
 def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path, *, init: Path | None = None,
                device: str = "cpu", resume: bool = False, progress: bool = True):
     """Pose2ID-style pose guidance: fine-tune the generator with a zero-initialised pose encoder.
@@ -79,7 +91,11 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
     torch.manual_seed(preset.seed)
     gen = IdentityUNet.from_config(generator.config).to(device)
     gen.load_state_dict(generator.state_dict())
-    gen = start_weights(gen, init, "pose_generator")
+    if _same_generator(init, generator):
+        # the generator is the one the init's pose guider was tuned from: go on from that tuning
+        gen = start_weights(gen, init, "pose_generator")
+    else:
+        print("pose: the generator changed since --init's pose guider; fine-tuning from the new generator")
     gen.identity_embedding.requires_grad_(False)
     enc = start_weights(PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0]),
                         init, "pose_encoder").to(device)
