@@ -224,21 +224,32 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
                                                                                    noise=noise_b[i:i + 64])])
                                for i in range(0, n, 64)])
     judged = classify_images(engine.baseline, out_imgs, device=engine.device)
-    correct = considered = 0
-    for img, j in zip(out_imgs, b):
-        ref = engine.extract_pose(Image.fromarray(train.images[j]))
-        res = engine.extract_pose(Image.fromarray(img))
-        if not ref.found:
-            continue
-        c, k = pck(res.keypoints if res.found else None, ref.keypoints, 0.2, size=(128, 64), min_conf=0.3)
-        correct, considered = correct + c, considered + k
+    refs = [engine.extract_pose(Image.fromarray(train.images[j])) for j in b]
+
+    def pose_kept(images, poses) -> float:
+        """PCK@0.2 of the poses extracted from `images` against `poses` (B's, where found)."""
+        correct = considered = 0
+        for img, ref in zip(images, poses):
+            if ref.found:
+                res = engine.extract_pose(Image.fromarray(img))
+                c, k = pck(res.keypoints if res.found else None, ref.keypoints, 0.2, size=(128, 64), min_conf=0.3)
+                correct, considered = correct + c, considered + k
+        return correct / max(1, considered)
+    transfer = {}
+    if engine.has_pose_model:  # Pose2ID's transfer: A's identity, B's extracted pose, a fresh noise
+        have = [i for i, ref in enumerate(refs) if ref.found]
+        moved = np.stack([np.asarray(engine.generate(ids_a[i], seed=int(i), pose=refs[i].keypoints)[0]) for i in have])
+        transfer = {"pairs": len(have),
+                    "judged_as_A": float(np.mean(classify_images(engine.baseline, moved, device=engine.device)
+                                                 == labels[a[have]])),
+                    "pose_pck02_vs_B": pose_kept(moved, [refs[i] for i in have])}
     rows = [[Image.fromarray(train.images[i]), Image.fromarray(train.images[j]), Image.fromarray(o)]
             for i, j, o in list(zip(a, b, out_imgs))[:8]]
     img_dir.mkdir(parents=True, exist_ok=True)
     grid([list(col) for col in zip(*rows)], labels=["A (identity)", "B (noise)", "swap"]).save(img_dir / "swap.png")
     return {"pairs": n, "judged_as_A": float(np.mean(judged == labels[a])),
             "judged_as_B": float(np.mean(judged == labels[b])),
-            "pose_pck02_vs_B": correct / max(1, considered), "picture": "img/swap.png"}
+            "pose_pck02_vs_B": pose_kept(out_imgs, refs), "pose_transfer": transfer, "picture": "img/swap.png"}
 
 
 def pictures(engine, data, img_dir: Path) -> dict:
@@ -478,6 +489,12 @@ def report(res: dict, out: Path) -> str:
                   f"as B: {_pct(sw['judged_as_B'])}) | {_pct(sw['judged_as_A'])} | ≥ 60% {_mark(sw['judged_as_A'] >= 0.6)} |",
                   f"| swap: PCK@0.2 of the result's pose vs B's | {_pct(sw['pose_pck02_vs_B'])} | ≥ 60% "
                   f"{_mark(sw['pose_pck02_vs_B'] >= 0.6)} |"]
+            t = sw.get("pose_transfer") or {}
+            if t:
+                L += [f"| pose transfer GEN_pose(Img2ID(A), pose(B), new noise) judged as A / PCK@0.2 vs B's pose "
+                      f"({t['pairs']} pairs where B's pose was found) | {_pct(t['judged_as_A'])} / "
+                      f"{_pct(t['pose_pck02_vs_B'])} | (the same targets) {_mark(t['judged_as_A'] >= 0.6)} "
+                      f"{_mark(t['pose_pck02_vs_B'] >= 0.6)} |"]
         L.append("")
         for name, title in (("sliders", "The six most identity-changing slider axes, training identity 0, "
                                         "-2 to +2 sd (left to right), fixed noise"),
