@@ -80,6 +80,28 @@ def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
     return res
 
 
+STAGE_WHAT = {"joint": "joint stage (generator on the table; Img2ID's head and the table at a low rate)",
+              "generator": "generator", "prior": "identity prior", "img2id": "Img2ID", "img2noise": "Img2Noise",
+              "pose": "pose guider (fine-tuned generator copy)"}
+
+
+def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
+    """The exported training log's `history`: the runs the weights in `continues` came from,
+    then this run's stages (it was started from them with --init), so the CPU time behind the
+    shipped weights stays on record across sessions."""
+    old = json.loads((continues / "training_log.json").read_text()).get("history", [])
+    log = json.loads((out / "training_log.json").read_text())
+    new = [{"run": str(run), "what": STAGE_WHAT[k] + f" (--init {continues.name})" * (k in ("joint", "generator")),
+            "steps": v["steps"], "minutes": v["minutes"]}
+           for k, v in log.items() if k in STAGE_WHAT and isinstance(v, dict) and "minutes" in v]
+    if "baseline" in log and not any("baseline" in h["what"] for h in old):
+        new.append({"run": "(baseline run)", "what": "baseline", "steps": log["baseline"]["steps"],
+                    "minutes": log["baseline"]["minutes"]})
+    log["history"] = old + new
+    atomic_write_json(out / "training_log.json", log)
+    return log["history"]
+
+
 def add_precomputed(out: Path, seed: int = 0) -> list[Path]:
     """What the apps would otherwise compute at every start, made once with the exported
     weights (as the apps load them) and shipped beside them: every training identity's
@@ -110,6 +132,8 @@ def main() -> None:
     ap.add_argument("--baseline-run", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("weights"))
     ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--continues", type=Path, default=None,
+                    help="the weights folder RUN was started from (--init): its training history is kept")
     ap.add_argument("--precomputed-only", action="store_true",
                     help="only (re)make --out's portraits and identity map")
     a = ap.parse_args()
@@ -119,6 +143,8 @@ def main() -> None:
     if a.run is None:
         ap.error("--run is required (unless --precomputed-only)")
     export(a.run, a.out, a.fp16, a.baseline_run)
+    if a.continues is not None:
+        add_history(a.out, a.run, a.continues)
     add_precomputed(a.out)
     size = sum(f.stat().st_size for f in a.out.rglob("*") if f.is_file())
     print(f"exported to {a.out}: {size / 2**20:.1f} MiB")
