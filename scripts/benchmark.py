@@ -358,6 +358,39 @@ def summary_rows(res: dict) -> list[str]:
     return out
 
 
+def _app_section(out: Path) -> list[str]:
+    """The app's figures (issue 12) from `scripts/bench_app.py`'s JSON, copied to docs/app_benchmark.json."""
+    f = out / "app_benchmark.json"
+    if not f.exists():
+        return []
+    a = json.loads(f.read_text())
+    tabs = a.get("tabs_usable_s", {})
+    single = a.get("single", {})
+    load = a.get("load", {})
+    bad = a.get("bad_uploads", {})
+    L = ["## The app (`python scripts/bench_app.py`, fresh cache)", "",
+         f"Gradio app on the shipped weights, {a.get('cpus')} CPUs, gallery `{Path(a.get('gallery') or '-').name}`.", "",
+         "| figure | measured | target |", "| --- | --- | --- |",
+         f"| launch → first page | {a['start_s']:.1f} s | ≤ 10 s {_mark(a['start_s'] <= 10)} |"]
+    if tabs:
+        worst = max(tabs.values())
+        L.append(f"| launch → every tab usable ({', '.join(f'{k} {v:.1f} s' for k, v in tabs.items())}) | "
+                 f"{worst:.1f} s | ≤ 30 s {_mark(worst <= 30)} |")
+    for op, name in (("generate4", "generate 4"), ("invert", "invert"), ("search", "re-identify k=10")):
+        if op in single:
+            L.append(f"| {name}, p50 / p95 | {single[op]['p50_s']:.2f} / {single[op]['p95_s']:.2f} s | "
+                     f"p95 ≤ 1 s {_mark(single[op]['p95_s'] <= 1)} |")
+    if load:
+        L.append(f"| {load['clients']} concurrent clients, {load['seconds']:.0f} s: errors, p95 | {load['errors']}, "
+                 f"{load['all'].get('p95_s', float('nan')):.2f} s ({load['requests']} requests) | 0, ≤ 3 s "
+                 f"{_mark(load['errors'] == 0 and load['all'].get('p95_s', 1e9) <= 3)} |")
+    if bad:
+        L.append(f"| bad uploads ({', '.join(bad)}) | {sum(v['ok'] for v in bad.values())} of {len(bad)} answered "
+                 f"plainly, server alive: {a.get('alive_after_bad_uploads')}, tracebacks in the log: "
+                 f"{a.get('server_log', {}).get('tracebacks')} | all, 0 {_mark(all(v['ok'] for v in bad.values()) and a.get('server_log', {}).get('tracebacks') == 0)} |")
+    return L + [""]
+
+
 def report(res: dict, out: Path) -> str:
     L = ["# Benchmarks", "",
          f"Measured by `{res['command']}` on {res['machine']} ({res['date']}), weights `{res['weights']}` "
@@ -501,6 +534,7 @@ def report(res: dict, out: Path) -> str:
                             ("swap", "Identity swap: A's identity on B's noise (rows: A, B, result)")):
             if res.get(name, {}).get("picture"):
                 L += [f"**{title}**", "", f"![{name}]({res[name]['picture']})", ""]
+    L += _app_section(out)
     pics = res.get("pictures", {})
     if pics:
         L += ["## Pictures", ""]
