@@ -24,16 +24,9 @@ RECIPES = ("joint", "paper")
 
 
 @dataclass
-class Preset:
-    name: str = "paper"
-    recipe: str = "paper"                            # "joint" or "paper", see above
-    image_size: tuple[int, int] = (64, 32)          # (H, W) of the generator
-    id_dim: int = 32
-    seed: int = 0
-    sample_steps: int = 10                           # DDIM steps of the generator
-    guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
-    guidance_steps: int = 0                          # ... on the first so many DDIM steps (0: all)
-    # generator (paper: channels [48, 96, 192, 384], 2 blocks per level, L1 on noise)
+class GeneratorConfig:
+    """The identity-conditioned U-Net and how it trains (paper: channels [48, 96, 192, 384],
+    2 blocks per level, L1 on the noise)."""
     channels: tuple[int, ...] = (48, 96, 192, 384)
     layers_per_block: int = 2
     conditioning: str = "concat"                     # "concat" (paper) or "film" (every block)
@@ -53,25 +46,40 @@ class Preset:
     table_init_std: float = 0.0                      # N(0, std^2) rows (0: the paper's uniform +-0.05)
     emb_pull: float = 0.5                            # weight of mean(emb^2): the weak pull to the origin
     ema_decay: float = 0.999
-    # joint recipe (DCAC): the generator's condition and what flows back
+
+
+@dataclass
+class JointConfig:
+    """The joint recipe (DCAC): the generator's condition and what flows back."""
     dcac_tau: float = 0.6                            # c = softmax(logits / tau) . table
     cond_from_image: float = 0.5                     # share of samples conditioned on Img2ID(x) itself
     joint_head_lr: float = 1e-4                      # Img2ID head (and the table) during the generator phase
-    # identity prior (3 dense layers of 512, 50 sampling steps)
+
+
+@dataclass
+class PriorConfig:
+    """The identity prior: a small diffusion model over the trained rows (3 dense layers of 512)."""
     prior_hidden: int = 512
     prior_layers: int = 3
     prior_steps: int = 20_000
     prior_batch: int = 256
     prior_lr: float = 1e-3
+    prior_warmup: int = 100                          # warm-up steps, at most a tenth of the run
     prior_sample_steps: int = 50
-    # Img2ID
+
+
+@dataclass
+class Img2IDConfig:
+    """Img2ID: image -> identity (the re-ID feature)."""
     img2id_backbone: str = "unet"                    # "unet" (paper) or "mobilenetv2" (ImageNet start)
     img2id_size: tuple[int, int] = (64, 32)          # its input; may be the stored 128x64 crops
     enc_channels: tuple[int, ...] = (48, 96, 192, 384)
     enc_layers_per_block: int = 2
     img2id_steps: int = 30_000
-    img2id_batch: int = 64                           # P x K with K = 4
+    img2id_batch: int = 64                           # P x K images
+    img2id_K: int = 4                                # images per identity in a batch
     img2id_lr: float = 3e-4
+    img2id_warmup_fraction: float = 0.1              # BoT: linear warm-up over this share, x0.1 at half-way
     img2id_weight_decay: float = 5e-4
     img2id_erase: float = 0.5                        # random-erasing probability
     proto_scale: float = 20.0                        # cosine-logit scale of the prototype CE
@@ -79,29 +87,65 @@ class Preset:
     synth_images: int = 8192                         # paper recipe: generated images (prior identities) in the bank
     synth_fraction: float = 0.25                     # paper recipe: share of each Img2ID batch from the bank
     proto_weight: float = 1.0                        # paper recipe: prototype CE beside the regression
-    # Img2Noise
+
+
+@dataclass
+class Img2NoiseConfig:
+    """Img2Noise: image (+ its identity) -> the noise that rebuilds it."""
     noise_channels: tuple[int, ...] = (48, 96, 192, 384)
     noise_layers_per_block: int = 2
     img2noise_steps: int = 20_000
     img2noise_batch: int = 32
     img2noise_lr: float = 3e-4
+    img2noise_warmup: int = 100                      # warm-up steps, at most a fifth of the run
     img2noise_real_images: int = 0                   # real images given DDIM-inverted targets (0: all)
     img2noise_recon_weight: float = 1.0              # loss through the sampling chain (paper Sec. 4)
     img2noise_recon_every: int = 1                   # apply it every k-th step (it costs `sample_steps` passes)
-    # pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator
+
+
+@dataclass
+class PoseConfig:
+    """The pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator."""
     pose_steps: int = 20_000
     pose_batch: int = 16
     pose_lr: float = 1e-4
+    pose_warmup: int = 200                           # warm-up steps, at most a fifth of the run
     pose_dropout: float = 0.15                       # share of batches' samples trained without a pose
     pose_render_scale: int = 2                       # skeletons drawn at this multiple of the image size
     pose_library_size: int = 8
-    # conventional baseline (BoT-style), trained on the same images; the judge of generated identities
+
+
+@dataclass
+class BaselineConfig:
+    """The conventional baseline (BoT-style) trained on the same images; the judge of generated identities."""
     baseline_widths: tuple[int, ...] = (32, 64, 128, 256)
     baseline_steps: int = 8_000
     baseline_lr: float = 3.5e-4
+    baseline_warmup_fraction: float = 0.1            # BoT: linear warm-up over this share, x0.1 at half-way
+    baseline_weight_decay: float = 5e-4
+    baseline_P: int = 16                             # identities per batch (P x K)
+    baseline_K: int = 4                              # images per identity
     baseline_stem_stride: int = 2                    # 1 keeps full resolution into the first stage (4x the compute)
     baseline_pad: int = 4                            # pad-and-crop pixels
     baseline_erase: float = 0.0
+
+
+COMPONENTS = (GeneratorConfig, JointConfig, PriorConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, BaselineConfig)
+
+
+@dataclass
+class Preset(BaselineConfig, PoseConfig, Img2NoiseConfig, Img2IDConfig, PriorConfig, JointConfig, GeneratorConfig):
+    """A recipe: what every component shares, and each component's own config (the classes
+    above, one per component, merged so that a preset is one flat file and every field one
+    `--set FIELD=VALUE`). `preset.component(PriorConfig)` is one component's part alone."""
+    name: str = "paper"
+    recipe: str = "paper"                            # "joint" or "paper", see above
+    image_size: tuple[int, int] = (64, 32)          # (H, W) of the generator
+    id_dim: int = 32
+    seed: int = 0
+    sample_steps: int = 10                           # DDIM steps of the generator
+    guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
+    guidance_steps: int = 0                          # ... on the first so many DDIM steps (0: all)
     checkpoint_every: int = 500
     snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
 
@@ -110,6 +154,10 @@ class Preset:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.recipe == "joint" and self.conditioning != "film":
             raise ValueError("the joint recipe conditions by FiLM (its condition is a mixture of rows)")
+
+    def component(self, cls):
+        """One component's config (a class of COMPONENTS) with this preset's values."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
 
     @property
     def uses_guidance(self) -> bool:

@@ -31,13 +31,13 @@ def train_baseline(data: TrainData, preset: Preset, out: Path, *, init: Path | N
     torch.manual_seed(preset.seed)
     model = start_weights(new_baseline(preset, data.num_ids), init, "baseline").to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=preset.baseline_lr, weight_decay=5e-4)
+    opt = torch.optim.Adam(params, lr=preset.baseline_lr, weight_decay=preset.baseline_weight_decay)
     steps = preset.baseline_steps
-    sampler = PKSampler(data.labels, min(16, data.num_ids), 4)
+    sampler = PKSampler(data.labels, min(preset.baseline_P, data.num_ids), preset.baseline_K)
     aug = Augment(flip=True, pad=preset.baseline_pad, random_erasing=preset.baseline_erase)
     labels = data.labels_t
     loop = TrainLoop("baseline", out, seed=preset.seed, steps=steps, modules={"baseline": model}, optimizer=opt,
-                     schedules=[warmup_steps(steps, max(1, steps // 10), milestones=(0.5,))], clip_grad=None,
+                     schedules=[warmup_steps(steps, max(1, int(steps * preset.baseline_warmup_fraction)), milestones=(0.5,))], clip_grad=None,
                      checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
 
     def step_fn(step, rng, g):

@@ -67,7 +67,7 @@ def train_img2id(data: TrainData, generator, prior, preset: Preset, out: Path, *
     opt = torch.optim.Adam(enc.parameters(), lr=preset.img2id_lr, weight_decay=preset.img2id_weight_decay)
     steps = preset.img2id_steps
     loop = TrainLoop("img2id", out, seed=preset.seed, steps=steps, modules={"img2id": enc}, optimizer=opt,
-                     schedules=[warmup_steps(steps, max(1, steps // 10), milestones=(0.5,))],
+                     schedules=[warmup_steps(steps, max(1, int(steps * preset.img2id_warmup_fraction)), milestones=(0.5,))],
                      checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
     table_sq_dist = torch.pdist(table).pow(2).mean().clamp_min(1e-8)
     n_syn = int(round(preset.img2id_batch * preset.synth_fraction))

@@ -67,7 +67,7 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
     opt = torch.optim.Adam(net.parameters(), lr=preset.img2noise_lr)
     steps = preset.img2noise_steps
     loop = TrainLoop("img2noise", out, seed=preset.seed, steps=steps, modules={"img2noise": net}, optimizer=opt,
-                     schedules=[warmup_cosine(steps, min(100, steps // 5 + 1))],
+                     schedules=[warmup_cosine(steps, min(preset.img2noise_warmup, steps // 5 + 1))],
                      checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
     generator.requires_grad_(False)
     half = preset.img2noise_batch // 2

@@ -102,14 +102,14 @@ def train_joint(data: TrainData, preset: Preset, out: Path, *, init: Path | None
         {"params": [table], "lr": preset.img2id_lr, "weight_decay": 0.0},
         {"params": unet, "lr": preset.gen_lr, "weight_decay": 0.0}])
     # phase 1 follows BoT (warm-up, x0.1 at half-way); in phase 2 the head and table go on at joint_head_lr
-    bot = dict(total=n_a, warmup=max(1, n_a // 10), milestones=(0.5,), end=n_a)
+    bot = dict(total=n_a, warmup=max(1, int(n_a * preset.img2id_warmup_fraction)), milestones=(0.5,), end=n_a)
     later = preset.joint_head_lr / preset.img2id_lr
     schedules = [warmup_steps(**bot, after=0.0), warmup_steps(**bot, after=later),
                  warmup_steps(**bot, after=later), warmup_cosine(total, preset.gen_warmup, start=n_a)]
     ema = EMAModel(unet, decay=preset.ema_decay)
     sched = make_scheduler()
     aug = Augment(flip=True, pad=preset.img2id_size[1] // 8, random_erasing=preset.img2id_erase)
-    id_sampler = PKSampler(data.labels, min(preset.img2id_batch // 4, data.num_ids), 4)
+    id_sampler = PKSampler(data.labels, min(preset.img2id_batch // preset.img2id_K, data.num_ids), preset.img2id_K)
     gen_sampler = make_sampler(data, preset.gen_batch, preset.gen_K or 4)
     labels = data.labels_t
     cache: dict[str, torch.Tensor] = {}

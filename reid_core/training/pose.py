@@ -106,7 +106,7 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
     steps = preset.pose_steps
     loop = TrainLoop("pose", out, seed=preset.seed, steps=steps,
                      modules={"pose_generator": gen, "pose_encoder": enc}, optimizer=opt,
-                     schedules=[warmup_cosine(steps, min(200, steps // 5 + 1))], ema=ema, ema_params=params,
+                     schedules=[warmup_cosine(steps, min(preset.pose_warmup, steps // 5 + 1))], ema=ema, ema_params=params,
                      checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
     labels = data.labels_t
 

@@ -26,7 +26,7 @@ def train_prior(generator, preset: Preset, out: Path, *, device: str = "cpu", re
     opt = torch.optim.Adam(prior.parameters(), lr=preset.prior_lr)
     sched = make_scheduler()
     loop = TrainLoop("prior", out, seed=preset.seed, steps=preset.prior_steps, modules={"prior": prior},
-                     optimizer=opt, schedules=[warmup_cosine(preset.prior_steps, min(100, preset.prior_steps // 10 + 1))],
+                     optimizer=opt, schedules=[warmup_cosine(preset.prior_steps, min(preset.prior_warmup, preset.prior_steps // 10 + 1))],
                      checkpoint_every=preset.checkpoint_every * 10, resume=resume, progress=progress)
 
     def step_fn(step, rng, g):
