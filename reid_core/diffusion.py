@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedule import make_inverse_scheduler, make_scheduler, noise_variance, prediction_type
+from .schedule import make_scheduler, noise_variance, prediction_type
 
 
 def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor, guidance_scale: float = 1.0,
@@ -53,30 +53,44 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
 
 @torch.no_grad()
 def ddim_invert(unet, image: torch.Tensor, identity: torch.Tensor, steps: int = 10,
-                extra_features_fn=None) -> torch.Tensor:
+                extra_features_fn=None, refine: int = 3) -> torch.Tensor:
     """DDIM inversion: image + identity -> the noise that `ddim_sample` maps back to it.
 
-    Each step reads the model on the current sample at the next (noisier) timestep, as
-    diffusers' DDIMInverseScheduler expects. A v-prediction is turned into the noise it
-    implies at the timestep the model was told, and the step runs on that noise: left to the
-    scheduler, a v of one noise level is combined with the alphas of the other, which cost
-    6 dB of reconstruction on real test queries (12.5 -> 18.8 dB, 64 queries, 10 steps).
+    Walks `ddim_sample`'s timesteps backwards. The step from a level to the next, noisier
+    one needs the model's noise at the point it is looking for, which is where sampling
+    will read it; plain inversion reads it at the current point instead, and `refine`
+    fixed-point iterations move it to the current estimate of the next point (Pan et al.
+    2023; Garibi et al. 2024, ReNoise). A v-prediction is turned into the noise it implies
+    at the timestep the model is told (reading it with another level's alphas, as diffusers'
+    inverse scheduler does for v, lost 6 dB). Measured on 64 real test queries, 10 steps:
+    12.5 dB before, 18.8 dB plain, 20.4 / 23.2 dB with 1 / 3 iterations; each iteration
+    costs one more network pass per step.
     """
-    sched = make_inverse_scheduler(prediction_type="epsilon")
+    sched = make_scheduler(prediction_type="epsilon")
     sched.set_timesteps(steps, device=image.device)
-    v_pred = prediction_type(unet) == "v_prediction"
     alpha_bar = sched.alphas_cumprod.to(image.device)
+    v_pred = prediction_type(unet) == "v_prediction"
     x = image
     b = image.shape[0]
-    for t in sched.timesteps:
+    a_cur = torch.as_tensor(sched.final_alpha_cumprod, dtype=alpha_bar.dtype, device=image.device)  # clean
+    for t in reversed(sched.timesteps):
+        a_next = alpha_bar[t]
         var = noise_variance(sched, t.expand(b))
         extra = extra_features_fn() if extra_features_fn is not None else None
-        out = unet(x, var, identity, extra_features=extra)
-        if v_pred:  # v = sqrt(ab) eps - sqrt(1 - ab) x0 and x = sqrt(ab) x0 + sqrt(1 - ab) eps
-            out = alpha_bar[t].sqrt() * out + (1 - alpha_bar[t]).sqrt() * x
-        x = sched.step(out, t, x).prev_sample
-    # it lands at alpha-bar 0.02^2; in 10 steps the noise comes out narrower than N(0, I)
-    # (std about 0.5 on real queries): the coarse steps are the approximation
+
+        def noise_at(xn):
+            out = unet(xn, var, identity, extra_features=extra)
+            # v = sqrt(ab) eps - sqrt(1 - ab) x0 and x = sqrt(ab) x0 + sqrt(1 - ab) eps
+            return a_next.sqrt() * out + (1 - a_next).sqrt() * xn if v_pred else out
+        eps = noise_at(x)
+        for k in range(refine + 1):
+            x0 = (x - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+            x_next = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+            if k < refine:
+                eps = noise_at(x_next)
+        x, a_cur = x_next, a_next
+    # it lands at alpha-bar 0.02^2; in 10 steps the noise comes out a little narrower than
+    # N(0, I) (std about 0.85 on real queries with 3 iterations)
     return x
 
 

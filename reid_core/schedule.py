@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers import DDIMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 MAX_SIGNAL_RATE = 0.95
@@ -45,15 +45,6 @@ def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
                          trained_betas=_betas(num_train_timesteps), clip_sample=False,
                          set_alpha_to_one=True, timestep_spacing="trailing",
                          prediction_type=prediction_type)
-
-
-def make_inverse_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
-                           prediction_type: str = "epsilon") -> DDIMInverseScheduler:
-    """DDIM inversion (image -> noise), the exact mirror of `make_scheduler`'s steps."""
-    return DDIMInverseScheduler(num_train_timesteps=num_train_timesteps,
-                                trained_betas=_betas(num_train_timesteps), clip_sample=False,
-                                set_alpha_to_one=True, timestep_spacing="trailing",
-                                prediction_type=prediction_type)
 
 
 def prediction_type(model) -> str:
