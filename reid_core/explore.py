@@ -148,10 +148,11 @@ def slider_ranges(engine, sds: float = 3.0) -> np.ndarray:
         coords = np.concatenate([coords, engine.sample_identities(64, seed=12345) @ engine.latent_axes.T])
     except Exception:  # noqa: BLE001 - a prior that cannot sample leaves the table's range
         pass
+    coords = coords.astype(np.float64)  # float32 would show -0.27399999... on a slider
     mean, sd = coords.mean(0), coords.std(0)
-    lo = np.floor(np.minimum(mean - sds * sd, coords.min(0)) * 1000) / 1000  # round numbers, outward
-    hi = np.ceil(np.maximum(mean + sds * sd, coords.max(0)) * 1000) / 1000
-    return np.stack([lo, hi], 1).astype(np.float64)
+    lo = np.round(np.floor(np.minimum(mean - sds * sd, coords.min(0)) * 1000) / 1000, 3)  # round numbers, outward
+    hi = np.round(np.ceil(np.maximum(mean + sds * sd, coords.max(0)) * 1000) / 1000, 3)
+    return np.stack([lo, hi], 1)
 
 
 # ---------------------------------------------------------------- one engine's remembered results

@@ -287,3 +287,11 @@ def test_axis_identity_change_and_the_slider_order_it_ships(tiny_weights, tmp_pa
     assert order == r["order"] and "changes who" in labels[0] and "Fig. 11" in note
     save_keyed_json(folder, SLIDER_RANKING_FILE, "other-weights", **r)     # not these weights: ignored
     assert Explorer(engine).slider_order() == (list(range(k)), None)
+
+
+def test_slider_ranges_are_round_numbers_holding_every_trained_identity(engine):
+    from reid_core.explore import slider_ranges
+    r = slider_ranges(engine)
+    coords = engine.identity_table @ engine.latent_axes.T
+    assert r.shape == (len(engine.latent_axes), 2) and (r[:, 0] <= coords.min(0)).all() and (r[:, 1] >= coords.max(0)).all()
+    assert all(len(repr(float(x)).split(".")[-1]) <= 3 for x in r.ravel()), r   # shown on the sliders as typed
