@@ -76,12 +76,10 @@ def save_portraits(root, images, fingerprint: str, seed: int = 0) -> Path:
     """(N, H, W, 3) uint8 portraits -> one lossless sheet, PORTRAITS_COLUMNS tiles wide, and
     its JSON (the engine fingerprint and the noise seed, so that portraits made by other
     weights are never shown)."""
-    import json
-
     import numpy as np
     from PIL import Image
 
-    from .io import atomic_path, atomic_write_text
+    from .io import atomic_path
     images = np.asarray(images, np.uint8)
     n, h, w, _ = images.shape
     cols = min(PORTRAITS_COLUMNS, n)
@@ -93,26 +91,21 @@ def save_portraits(root, images, fingerprint: str, seed: int = 0) -> Path:
     path = Path(root) / PORTRAITS_FILE
     with atomic_path(path, ".webp") as tmp:
         Image.fromarray(sheet).save(tmp, "WEBP", lossless=True, method=6)
-    atomic_write_text(Path(root) / PORTRAITS_META, json.dumps(
-        {"fingerprint": fingerprint, "seed": int(seed), "count": int(n), "tile": [int(h), int(w)],
-         "columns": int(cols)}, indent=1))
+    save_keyed_json(root, PORTRAITS_META, fingerprint, seed=int(seed), count=int(n), tile=[int(h), int(w)],
+                    columns=int(cols))
     return path
 
 
 def load_portraits(root, fingerprint: str, seed: int = 0):
     """The shipped portraits as (N, H, W, 3) uint8, or None when absent, unreadable, or made
     by other weights (fingerprint) or another noise seed."""
-    import json
-
     import numpy as np
     from PIL import Image
-    path, meta_path = Path(root) / PORTRAITS_FILE, Path(root) / PORTRAITS_META
-    if not path.is_file() or not meta_path.is_file():
+    path = Path(root) / PORTRAITS_FILE
+    meta = load_keyed_json(root, PORTRAITS_META, fingerprint)
+    if meta is None or meta.get("seed") != int(seed) or not path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != fingerprint or meta.get("seed") != int(seed):
-            return None
         with Image.open(path) as im:
             sheet = np.asarray(im.convert("RGB"))
         (h, w), cols, n = meta["tile"], meta["columns"], meta["count"]
