@@ -221,23 +221,22 @@ class ReIDApp:
         path = cache_dir() / f"initial-{fp}-{tag}.npz"
         vector = self.engine.identity_table[0]
         steps = None
-        gen_key = (np.asarray(vector, np.float32).tobytes(), (0, 1, 2, 3), steps)
+        seeds = (0, 1, 2, 3)
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    self.memory.generated.put(gen_key, [Image.fromarray(a) for a in z["generated"]])
+                    self.memory.remember(generated=(vector, seeds, steps, [Image.fromarray(a) for a in z["generated"]]))
                     if photo:
-                        arr = self.engine.prepare(photo)
-                        self.memory.inversions.put((hashlib.sha1(arr.tobytes()).hexdigest(), "img2noise"), Inversion(
+                        self.memory.remember(inversion=(photo, "img2noise", Inversion(
                             z["identity"], z["noise"], Image.fromarray(z["input"]),
-                            Image.fromarray(z["reconstruction"]), float(z["psnr"])))
+                            Image.fromarray(z["reconstruction"]), float(z["psnr"]))))
             except (OSError, KeyError, ValueError):
                 path.unlink(missing_ok=True)
         gen = self.generate(TRAINING, 0, 0, None, "0-3")
         inv = self.invert(photo, "img2noise") if photo else (None,) * 4 + ("",)
         if not path.exists():
             try:
-                arrays = {"generated": np.stack([np.asarray(im) for im in self.memory.generate(vector, (0, 1, 2, 3))])}
+                arrays = {"generated": np.stack([np.asarray(im) for im in self.memory.generate(vector, seeds, steps)])}
                 if photo:
                     iv = self._inversion(photo, "img2noise")
                     arrays.update(identity=iv.identity, noise=iv.noise, input=np.asarray(iv.input),

@@ -180,18 +180,35 @@ class Explorer:
         return engine
 
     # ---- generation and inversion
+    def _generation_key(self, identity, seeds, steps):
+        vector = self.engine.resolve_identity(identity)
+        return vector, (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps)
+
+    def _inversion_key(self, photo, method):
+        arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
+        return arr, (hashlib.sha1(arr.tobytes()).hexdigest(), method)
+
     def generate(self, identity, seeds: Sequence[int], steps: int | None = None) -> list[Image.Image]:
         """`engine.generate(identity, seed=seeds, steps=steps)`, remembered."""
-        vector = self.engine.resolve_identity(identity)
-        key = (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps)
+        vector, key = self._generation_key(identity, seeds, steps)
         return list(self.generated.get_or_compute(
             key, lambda: self.engine.generate(vector, seed=list(key[1]), steps=steps)))
 
     def invert(self, photo, method: str = "img2noise"):
         """`engine.invert(photo, method)`, remembered by the prepared photo's content."""
-        arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
-        key = (hashlib.sha1(arr.tobytes()).hexdigest(), method)
+        arr, key = self._inversion_key(photo, method)
         return self.inversions.get_or_compute(key, lambda: self.engine.invert(arr, method=method))
+
+    def remember(self, *, generated=None, inversion=None) -> None:
+        """Put results computed elsewhere (e.g. read from disk) where `generate` / `invert`
+        will find them: generated=(identity, seeds, steps, images), inversion=(photo, method,
+        Inversion)."""
+        if generated is not None:
+            identity, seeds, steps, images = generated
+            self.generated.put(self._generation_key(identity, seeds, steps)[1], list(images))
+        if inversion is not None:
+            photo, method, inv = inversion
+            self.inversions.put(self._inversion_key(photo, method)[1], inv)
 
     def portrait_images(self, indices, seed: int = 0) -> list[Image.Image]:
         """Generated portraits of training identities (model size): the table never changes."""

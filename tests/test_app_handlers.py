@@ -321,3 +321,18 @@ def test_match_labels_say_who_where_and_how_likely():
     assert common.name_identity("/tmp/gradio/ab12/0042_c3s2_000100_01.jpg") == (42, 2)
     assert common.name_identity("holiday.jpg") == (-1, -1)
     assert common.match_label(Match("/g/photo.png", -1, -1, 0.25)) == "0.250 · photo.png"
+
+
+def test_first_results_come_back_from_disk_after_a_restart(engine, synthetic_market, photo, monkeypatch, tmp_path):
+    from app.gradio_app import ReIDApp
+    monkeypatch.setenv("REID_CACHE", str(tmp_path))
+    (gen, gen_cap), inv = ReIDApp(engine, str(synthetic_market)).initial_outputs(photo)
+    monkeypatch.setattr(engine, "_explorer", None)          # a restart: nothing remembered in memory
+    calls = []
+    for name in ("generate", "invert"):
+        original = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, _o=original, **k: calls.append(1) or _o(*a, **k))
+    (gen2, gen_cap2), inv2 = ReIDApp(engine, str(synthetic_market)).initial_outputs(photo)
+    assert not calls, "the first page's results were recomputed"
+    assert gen_cap2 == gen_cap and inv2[-1] == inv[-1]
+    assert np.array_equal(np.asarray(gen2), np.asarray(gen))
