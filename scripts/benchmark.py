@@ -137,9 +137,23 @@ def _load_bench_pose():
     return mod
 
 
+def pose_pck(engine, images, refs) -> tuple[int, int, int]:
+    """(persons found, correct keypoints, keypoints considered): the pose extracted from each
+    image against its reference (18, 3) keypoints, PCK@0.2 at 128x64; a None reference is skipped."""
+    from reid_core.pose import pck
+    found = correct = considered = 0
+    for img, ref in zip(images, refs):
+        if ref is None:
+            continue
+        res = engine.extract_pose(Image.fromarray(img))
+        found += res.found
+        c, k = pck(res.keypoints if res.found else None, ref, 0.2, size=(128, 64), min_conf=0.3)
+        correct, considered = correct + c, considered + k
+    return found, correct, considered
+
+
 def bench_pose(engine, data, quick: bool) -> dict:
     from reid_core.models.baseline_net import classify_images
-    from reid_core.pose import pck
     if (Path(data) / "keypoints.json.gz").exists():
         out = {"extraction": _load_bench_pose().run_bench(Path(data), "query", 100 if quick else None,
                                                           progress=False)}
@@ -157,11 +171,8 @@ def bench_pose(engine, data, quick: bool) -> dict:
     for p, kp in enumerate(lib):
         imgs = generate_rows(engine, rows, seeds, pose=p)
         per_pose_imgs.append(imgs)
-        for im in imgs:
-            res = engine.extract_pose(Image.fromarray(im))
-            found += res.found
-            a, b = pck(res.keypoints if res.found else None, kp, 0.2, size=(128, 64), min_conf=0.3)
-            correct, considered = correct + a, considered + b
+        f, c, k = pose_pck(engine, imgs, [kp] * len(imgs))
+        found, correct, considered = found + f, correct + c, considered + k
     plain = generate_rows(engine, rows, list(range(len(lib))))
     visible = [int((np.asarray(kp)[:, 2] >= 0.3).sum()) for kp in lib]
     gen_out = {"identities": len(rows), "poses": len(lib), "library_min_keypoints": min(visible),
@@ -208,7 +219,6 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
     poses extracted from the result and from B)."""
     from reid_core.data import relabel
     from reid_core.models.baseline_net import classify_images
-    from reid_core.pose import pck
     if engine.baseline is None:
         return {"skipped": "no baseline (judge) in these weights"}
     train = load_split(data, "train", engine.image_size, progress=False)
@@ -228,12 +238,7 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
 
     def pose_kept(images, poses) -> float:
         """PCK@0.2 of the poses extracted from `images` against `poses` (B's, where found)."""
-        correct = considered = 0
-        for img, ref in zip(images, poses):
-            if ref.found:
-                res = engine.extract_pose(Image.fromarray(img))
-                c, k = pck(res.keypoints if res.found else None, ref.keypoints, 0.2, size=(128, 64), min_conf=0.3)
-                correct, considered = correct + c, considered + k
+        _, correct, considered = pose_pck(engine, images, [r.keypoints if r.found else None for r in poses])
         return correct / max(1, considered)
     transfer = {}
     if engine.has_pose_model:  # Pose2ID's transfer: A's identity, B's extracted pose, a fresh noise
