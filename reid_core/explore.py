@@ -171,6 +171,7 @@ class Explorer:
         self.portraits = Memo(max(2048, engine.num_identities + 64))  # (index, seed) -> PIL image
         self.sensitivities = Memo(128)      # (vector bytes, seed, delta, steps) -> (num_axes,)
         self._map = Memo(1)
+        self._slider_order = Memo(1)
 
     @property
     def engine(self):
@@ -309,6 +310,9 @@ class Explorer:
         """Slider axes in the order to show them, and per axis the share of identities whose
         judged person changes when it moves +-2 sd (`evaluate.axis_identity_change`, run at
         export and shipped with the weights); natural order and None when not shipped."""
+        return self._slider_order.get_or_compute("order", self._read_slider_order)  # once: every rerun asks
+
+    def _read_slider_order(self) -> tuple[list[int], list[float] | None]:
         from .weights import SLIDER_RANKING_FILE, load_keyed_json
         engine = self.engine
         k = len(engine.latent_axes)
