@@ -18,7 +18,8 @@ from diffusers.training_utils import EMAModel
 from ..config import Preset
 from ..schedule import make_scheduler
 from .augment import PKSampler
-from .common import TrainData, diffusion_loss, finish, flip_where, loss_record, new_generator, start_weights, write_log
+from .common import (TrainData, channels_last, diffusion_loss, finish, flip_where, loss_record, new_generator,
+                     start_weights, write_log)
 from .loop import TrainLoop, warmup_cosine
 from .snapshots import snapshot_writer
 
@@ -37,7 +38,7 @@ def make_sampler(data: TrainData, batch: int, K: int) -> PKSampler | None:
 def train_generator(data: TrainData, preset: Preset, out: Path, *, init: Path | None = None,
                     device: str = "cpu", resume: bool = False, progress: bool = True):
     torch.manual_seed(preset.seed)
-    gen = start_weights(new_generator(preset, data.num_ids), init, "generator").to(device)
+    gen = channels_last(start_weights(new_generator(preset, data.num_ids), init, "generator").to(device))
     table = gen.identity_embedding.weight
     rest = [p for n, p in gen.named_parameters() if not n.startswith("identity_embedding")]
     groups = [{"params": rest, "lr": preset.gen_lr},

@@ -31,7 +31,7 @@ from ..config import Preset
 from ..losses import batch_hard_triplet_loss, label_smoothed_ce, prototype_logits
 from ..schedule import make_scheduler
 from .augment import Augment, PKSampler, augment
-from .common import (TrainData, crops_tensor, diffusion_loss, finish, flip_where, loss_record, new_generator,
+from .common import (TrainData, channels_last, crops_tensor, diffusion_loss, finish, flip_where, loss_record, new_generator,
                      new_img2id, start_weights, write_log)
 from .generator import make_sampler
 from .loop import TrainLoop, warmup_cosine, warmup_steps
@@ -87,7 +87,7 @@ def pooled_features(enc, crops: np.ndarray, device: str, batch: int = 256, progr
 def train_joint(data: TrainData, preset: Preset, out: Path, *, init: Path | None = None, device: str = "cpu",
                 resume: bool = False, progress: bool = True):
     torch.manual_seed(preset.seed)
-    gen = start_weights(new_generator(preset, data.num_ids), init, "generator").to(device)
+    gen = channels_last(start_weights(new_generator(preset, data.num_ids), init, "generator").to(device))
     enc = start_weights(new_img2id(preset), init, "img2id", imagenet=True).to(device)
     table = gen.identity_embedding.weight
     n_a, n_b = preset.img2id_steps, preset.gen_steps

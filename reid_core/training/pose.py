@@ -17,7 +17,8 @@ from ..io import atomic_write_json
 from ..models import IdentityUNet, PoseEncoder
 from ..schedule import make_scheduler
 from ..weights import POSE_LIBRARY_FILE, has_component, load_component
-from .common import TrainData, diffusion_loss, finish, flip_where, loss_record, start_weights, write_log
+from .common import (TrainData, channels_last, diffusion_loss, finish, flip_where, loss_record, start_weights,
+                     write_log)
 from .loop import TrainLoop, warmup_cosine
 
 
@@ -96,6 +97,7 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
         gen = start_weights(gen, init, "pose_generator")
     else:
         print("pose: the generator changed since --init's pose guider; fine-tuning from the new generator")
+    gen = channels_last(gen)
     gen.identity_embedding.requires_grad_(False)
     enc = start_weights(PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0]),
                         init, "pose_encoder").to(device)
