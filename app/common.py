@@ -163,6 +163,28 @@ def verdict_note(engine) -> str:
             f"calibrated on training-identity pairs ({v.threshold:.2f} is even odds)")
 
 
+def certainty_note(certainty) -> str:
+    """HAVANA's "how sure is this identity", for a caption ("" when the weights lack the head)."""
+    if certainty is None:
+        return ""
+    return f" · identity certainty: **{certainty.label}**, mean σ {certainty.sigma:.3f}"
+
+
+def centralize_label(engine) -> str:
+    c = engine.centralization
+    return f"Pose2ID centralization ({c['poses']} poses)" if c else "Pose2ID centralization"
+
+
+def centralize_note(engine, used: bool) -> str:
+    """Says how the gallery was ranked when centralization was on."""
+    if not used:
+        return ""
+    c = engine.centralization
+    return (f" Ranked with **Pose2ID centralization**: the query and every gallery photo redrawn in {c['poses']} "
+            f"poses, each feature pulled towards its views' (η = {c['eta']:g}); the numbers shown stay the raw "
+            f"Img2ID distances.")
+
+
 def name_identity(photo) -> tuple[int, int]:
     """(pid, camera) when a photo's file name follows Market-1501 (a dataset crop), else (-1, -1)."""
     name = getattr(photo, "filename", None) or (photo if isinstance(photo, (str, Path)) else "")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from reid_core.data import DatasetError, ImageError, cache_dir
 from reid_core.io import atomic_savez
-from reid_core.engine import Inversion
+from reid_core.engine import Certainty, Inversion
 from reid_core.explore import IdentityMap, grid, noise_to_image, slider_ranges, upscale
 
 from . import common
@@ -227,9 +227,10 @@ class ReIDApp:
                 with np.load(path, allow_pickle=False) as z:
                     self.memory.remember(generated=(vector, seeds, steps, [Image.fromarray(a) for a in z["generated"]]))
                     if photo:
+                        sure = Certainty(float(z["sigma"]), float(z["certainty"])) if "sigma" in z else None
                         self.memory.remember(inversion=(photo, "img2noise", Inversion(
                             z["identity"], z["noise"], Image.fromarray(z["input"]),
-                            Image.fromarray(z["reconstruction"]), float(z["psnr"]))))
+                            Image.fromarray(z["reconstruction"]), float(z["psnr"]), sure)))
             except (OSError, KeyError, ValueError):
                 path.unlink(missing_ok=True)
         gen = self.generate(TRAINING, 0, 0, None, "0-3")
@@ -241,6 +242,8 @@ class ReIDApp:
                     iv = self._inversion(photo, "img2noise")
                     arrays.update(identity=iv.identity, noise=iv.noise, input=np.asarray(iv.input),
                                   reconstruction=np.asarray(iv.reconstruction), psnr=np.float64(iv.psnr))
+                    if iv.certainty is not None:
+                        arrays.update(sigma=np.float64(iv.certainty.sigma), certainty=np.float64(iv.certainty.certainty))
                 atomic_savez(path, **arrays)
             except OSError:
                 pass
@@ -262,8 +265,8 @@ class ReIDApp:
                                      compare_name=f"nearest training identity #{near.index}")
         caption = (f"**PSNR {inv.psnr:.2f} dB** (reconstruction vs. the {self.engine.image_size[0]}x"
                    f"{self.engine.image_size[1]} input) · method `{method}` · nearest training identity "
-                   f"**#{near.index}** (pid {near.pid}, distance {near.distance:.3f}) · noise shown clipped "
-                   f"to [-2.5, 2.5]")
+                   f"**#{near.index}** (pid {near.pid}, distance {near.distance:.3f}){common.certainty_note(inv.certainty)}"
+                   f" · noise shown clipped to [-2.5, 2.5]")
         return (upscale(inv.input, self.scale), upscale(inv.reconstruction, self.scale),
                 upscale(noise_to_image(inv.noise), self.scale), fig, caption)
 
@@ -423,11 +426,15 @@ class ReIDApp:
         return None, self.gallery_status(None)
 
     @_plain_errors
-    def reidentify(self, photo, k, uploads=None, other_cameras: bool = True):
+    def reidentify(self, photo, k, uploads=None, other_cameras: bool = True, centralize: bool = False,
+                   progress=gr.Progress()):
         """Photo -> (nearest training identities with portraits, nearest gallery images, caption).
         A dataset crop's name gives its person and camera: matches are marked right or wrong, and
-        with `other_cameras` its own camera's images are left out (the Market protocol)."""
+        with `other_cameras` its own camera's images are left out (the Market protocol).
+        `centralize` ranks the gallery by Pose2ID-centralized features (the gallery's are
+        computed on first use, with progress, and cached)."""
         _need_photo(photo)
+        centralize = bool(centralize) and self.engine.centralization is not None
         qpid, qcam = common.name_identity(photo)
         k = max(1, min(int(k or 5), 20))
         v = self.engine.embed([photo])[0]
@@ -439,8 +446,11 @@ class ReIDApp:
                     for im, m in zip(portraits, ids)]
         gal_items, note = [], ""
         if (self.indexed_folder and self.engine.gallery is not None) or (uploads is not None and len(uploads)):
-            hits = self.engine.search(v, k=k, uploads=uploads, with_images=True,
-                                      skip_camera=qcam if other_cameras else None)
+            if centralize and self.indexed_folder and self.engine.gallery is not None:
+                with self._index_lock:
+                    self.engine.centralize_gallery(progress=lambda f, msg: progress(f, desc=msg))
+            hits = self.engine.search(photo if centralize else v, k=k, uploads=uploads, with_images=True,
+                                      skip_camera=qcam if other_cameras else None, centralize=centralize)
             gal_items = [(upscale(m.image, small), common.match_label(m, qpid)) for m in hits]
             if qpid >= 0:
                 right = sum(m.pid == qpid for m in hits)
@@ -448,9 +458,10 @@ class ReIDApp:
                         f"matches (✅) are that person" + (f", camera {qcam + 1} left out." if other_cameras else "."))
         else:
             note = " No gallery yet: index a folder or add photos below to search images too."
-        caption = (f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
+        caption = (f"Query photo{common.certainty_note(self.engine.certainty_or_none(photo))}. "
+                   f"Nearest **training identities** (their generated portraits) and nearest **gallery images**, "
                    f"by Euclidean distance between Img2ID vectors (the number on each image; smaller is more "
-                   f"alike){common.verdict_note(self.engine)}.{note}")
+                   f"alike){common.verdict_note(self.engine)}.{note}{common.centralize_note(self.engine, centralize)}")
         return id_items, gal_items, caption
 
     # ------------------------------------------------------------ identity map
@@ -665,6 +676,11 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                     q_other = gr.Checkbox(True, label="Other cameras only (Market protocol)", elem_id="reid-other",
                                           info="leave out gallery images from the query's own camera "
                                                "(known when its file name is a dataset name)")
+                    q_central = gr.Checkbox(False, label=common.centralize_label(engine), elem_id="reid-central",
+                                            visible=engine.centralization is not None,
+                                            info="Pose2ID: each photo redrawn in several poses, its feature pulled "
+                                                 "towards theirs; the first search redraws the whole gallery "
+                                                 "(minutes), later ones take about a second")
                     q_btn = gr.Button("Re-identify", variant="primary", elem_id="reid-btn")
                     gr.Examples([[p] for p in examples], inputs=[q_photo], label="Example photos",
                                 examples_per_page=12)
@@ -694,7 +710,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                         with gr.Row():
                             up_btn = gr.Button("Add to my gallery", elem_id="add-btn")
                             clr_btn = gr.Button("Clear my photos")
-            q_btn.click(app.reidentify, [q_photo, q_k, uploads, q_other], [q_ids, q_gal, q_caption],
+            q_btn.click(app.reidentify, [q_photo, q_k, uploads, q_other, q_central], [q_ids, q_gal, q_caption],
                         api_name="reidentify",
                         **MODEL)
             idx_btn.click(app.index_folder, [folder, uploads], [status], api_name="index_folder",

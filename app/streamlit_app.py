@@ -162,7 +162,8 @@ def tab_invert(engine, scale):
             show_images(c[2], noise_to_image(inv.noise), "noise (clipped to ±2.5)", scale)
             near = engine.nearest_identities(inv.identity, k=1)[0]
             st.markdown(f"**PSNR {inv.psnr:.2f} dB** · method `{m}` · nearest training identity "
-                        f"**#{near.index}** (pid {near.pid}, distance {near.distance:.3f})")
+                        f"**#{near.index}** (pid {near.pid}, distance {near.distance:.3f})"
+                        + common.certainty_note(getattr(inv, "certainty", None)))
     if "inv-result" in st.session_state:
         inv, _ = st.session_state["inv-result"]
         near = engine.nearest_identities(inv.identity, k=1)[0]
@@ -284,6 +285,11 @@ def tab_reid(engine, scale, folders):
         other = st.checkbox("Other cameras only (Market protocol)", True, key="reid-other",
                             help="leave out gallery images from the query's own camera (known when its file "
                                  "name is a dataset name)")
+        central = st.checkbox(common.centralize_label(engine), False, key="reid-central",
+                              disabled=engine.centralization is None,
+                              help="Pose2ID: each photo redrawn in several poses, its feature pulled towards "
+                                   "theirs; the first search redraws the whole gallery (minutes), later ones take "
+                                   "about a second") and engine.centralization is not None
         go = st.button("Re-identify", type="primary", key="reid-btn")
     with right:
         if go:
@@ -292,15 +298,23 @@ def tab_reid(engine, scale, folders):
                 v = engine.embed([photo])[0]
                 ids = engine.nearest_identities(v, k=k)
                 portraits = engine.explorer.portrait_images([m.index for m in ids], seed=0)
+                sure = engine.certainty_or_none(photo)
+                if sure is not None:
+                    st.markdown("Query photo" + common.certainty_note(sure))
                 st.markdown("**Nearest training identities** (generated portraits)")
                 show_images(st, portraits, [f"{m.distance:.3f} · #{m.index} (pid {m.pid})" for m in ids], scale)
                 if (g is not None and len(g)) or n_up:
                     up = st.session_state.get("reid-upload")
                     qpid, qcam = common.name_identity(up.name if up is not None else photo)
-                    hits = engine.search(v, k=k, uploads=uploads, with_images=True,
-                                         skip_camera=qcam if other else None)
+                    if central and g is not None and len(g) and g.centralized is None:
+                        bar = st.progress(0.0, text="redrawing the gallery in the library poses")
+                        engine.centralize_gallery(progress=lambda f, msg: bar.progress(f, text=msg))
+                        bar.empty()
+                    hits = engine.search(photo if central else v, k=k, uploads=uploads, with_images=True,
+                                         skip_camera=qcam if other else None, centralize=central)
                     st.markdown("**Nearest gallery images** (distance: smaller is more alike)"
-                                + common.verdict_note(engine).replace(";", " —", 1))
+                                + common.verdict_note(engine).replace(";", " —", 1)
+                                + common.centralize_note(engine, central))
                     show_images(st, [m.image for m in hits], [common.match_label(m, qpid) for m in hits], scale)
                     if qpid >= 0:
                         st.caption(f"The query is a dataset crop (pid {qpid}, camera {qcam + 1}): "

@@ -130,11 +130,26 @@ class BaselineConfig:
     baseline_erase: float = 0.0
 
 
-COMPONENTS = (GeneratorConfig, JointConfig, PriorConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, BaselineConfig)
+@dataclass
+class UncertaintyConfig:
+    """HAVANA's variational identity head over Img2ID's frozen pooled feature (digest §4): its
+    sigma says how sure an identity is. `uncertainty_variational=False` trains the same head
+    plainly (CE + batch-hard triplet on mu), the comparison it must not fall behind."""
+    uncertainty_steps: int = 3_000
+    uncertainty_lr: float = 1e-3
+    uncertainty_hidden: int = 512
+    uncertainty_variational: bool = True
+    uncertainty_margin: float = 0.5                  # JS triplet margin (HAVANA: 0.5)
+    uncertainty_alpha: float = 0.2                   # weight of the ELBO terms (HAVANA: 0.2)
+    uncertainty_beta: float = 1.0                    # weight of KL inside the ELBO (HAVANA: 1.0)
+
+
+COMPONENTS = (GeneratorConfig, JointConfig, PriorConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, BaselineConfig,
+              UncertaintyConfig)
 
 
 @dataclass
-class Preset(BaselineConfig, PoseConfig, Img2NoiseConfig, Img2IDConfig, PriorConfig, JointConfig, GeneratorConfig):
+class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img2IDConfig, PriorConfig, JointConfig, GeneratorConfig):
     """A recipe: what every component shares, and each component's own config (the classes
     above, one per component, merged so that a preset is one flat file and every field one
     `--set FIELD=VALUE`). `preset.component(PriorConfig)` is one component's part alone."""
@@ -192,7 +207,8 @@ _TINY = dict(
     noise_channels=(8, 16), noise_layers_per_block=1, img2noise_steps=40,
     img2noise_batch=16, img2noise_lr=3e-3, img2noise_recon_every=4,
     pose_steps=40, pose_batch=16, pose_lr=2e-3,
-    baseline_widths=(8, 16), baseline_steps=40, baseline_lr=1e-2, baseline_pad=1, checkpoint_every=50)
+    baseline_widths=(8, 16), baseline_steps=40, baseline_lr=1e-2, baseline_pad=1, checkpoint_every=50,
+    uncertainty_steps=60, uncertainty_hidden=32, uncertainty_lr=3e-3)
 
 # What the 2-core CPU trains in its budget (docs/BENCHMARKS.md: the ablation and the curve).
 _CPU = dict(

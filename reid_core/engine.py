@@ -29,9 +29,9 @@ from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load
 from .diffusion import ddim_invert, ddim_sample, sample_prior
 from .io import atomic_savez, cache_dir
 from .metrics import l2_normalize, pairwise_distance
-from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder
-from .weights import (IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, VERDICT_FILE, has_component, load_component,
-                      missing)
+from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder, VariationalIdentityHead
+from .weights import (CENTRALIZATION_FILE, IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, VERDICT_FILE,
+                      has_component, load_component, missing)
 
 ProgressFn = Callable[[float, str], None]
 MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
@@ -53,6 +53,7 @@ class Inversion:
     input: Image.Image
     reconstruction: Image.Image
     psnr: float
+    certainty: "Certainty | None" = None   # how sure the identity is (when the weights hold HAVANA's head)
 
 
 @dataclass
@@ -67,6 +68,19 @@ class Match:
     source: str = "indexed"
     image: Image.Image | None = None
     same_probability: float | None = None   # P(same person as the query), when the weights hold a verdict
+
+
+@dataclass
+class Certainty:
+    """How sure Img2ID is of a photo's identity (HAVANA's sigma): the mean sigma over the
+    identity dimensions, and the share of training photos it is surer than, in [0, 1]."""
+    sigma: float
+    certainty: float
+
+    @property
+    def label(self) -> str:
+        word = "high" if self.certainty >= 2 / 3 else "medium" if self.certainty >= 1 / 3 else "low"
+        return f"{word} (surer than {self.certainty:.0%} of the training photos)"
 
 
 @dataclass
@@ -86,6 +100,7 @@ class Gallery:
     pids: np.ndarray
     camids: np.ndarray
     images: list | None = None   # uint8 (H, W, 3) at the model's size, when not read from files
+    centralized: np.ndarray | None = None   # Pose2ID-centralized features, once computed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -119,7 +134,8 @@ class ReIDEngine:
                  img2id: IdentityEncoder, img2noise: NoiseEncoder, identity_pids: Sequence[int],
                  device: str = "cpu", baseline=None, pose_generator: IdentityUNet | None = None,
                  pose_encoder: PoseEncoder | None = None, pose_library: list | None = None,
-                 precision: str = "fp32", pose_backend: str = "mediapipe"):
+                 precision: str = "fp32", pose_backend: str = "mediapipe",
+                 uncertainty: VariationalIdentityHead | None = None):
         if precision not in ("fp32", "bf16"):
             raise ValueError("precision must be 'fp32' or 'bf16'")
         self.preset = preset
@@ -137,10 +153,14 @@ class ReIDEngine:
         self.pose_generator = (pose_generator.to(device).eval().to(memory_format=torch.channels_last)
                                if pose_generator is not None else None)
         self.pose_encoder = pose_encoder.to(device).eval() if pose_encoder is not None else None
+        # HAVANA's variational head over Img2ID's pooled feature: sigma = how sure an identity is
+        self.uncertainty = uncertainty.to(device).eval() if uncertainty is not None else None
         self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
         self._pose_extractor = None
         self._fingerprint: str | None = None
         self.verdict = None   # a reid_core.retrieval.Verdict: "same person or not" for search hits
+        # Pose2ID centralization for search: {"poses": M, "eta": eta, "steps": view DDIM steps}
+        self.centralization: dict | None = None
         self._pose_lock = threading.Lock()
         self.identity_pids = np.asarray(identity_pids, dtype=np.int64)
         # the rows as the generator reads them: training identity k is identity_table[k]
@@ -180,11 +200,14 @@ class ReIDEngine:
             pose_gen, pose_enc = load_component(root, "pose_generator"), load_component(root, "pose_encoder")
         lib_file = root / POSE_LIBRARY_FILE
         library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
+        unc = load_component(root, "uncertainty") if has_component(root, "uncertainty") else None
         engine = cls(preset, gen, prior, img2id, img2noise, pids, device, baseline, pose_gen, pose_enc, library,
-                     precision, pose_backend)
+                     precision, pose_backend, unc)
         if (root / VERDICT_FILE).exists():
             from .retrieval import Verdict
             engine.verdict = Verdict.load(root / VERDICT_FILE)
+        if (root / CENTRALIZATION_FILE).exists() and engine.has_pose_model:
+            engine.centralization = json.loads((root / CENTRALIZATION_FILE).read_text())
         engine.weights_dir = root
         return engine
 
@@ -269,6 +292,11 @@ class ReIDEngine:
                 z = np.repeat(z, n, 0)
             else:
                 raise ValueError(f"{n} identities and {m} noises do not broadcast")
+        x = self._sample(torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device), steps, pose)
+        return [Image.fromarray(a) for a in to_uint8(x)]
+
+    def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None) -> torch.Tensor:
+        """GEN on tensors: identities (B, id_dim), noises (B, 3, H, W) -> images in [-1, 1]."""
         steps = steps or self.preset.sample_steps
         if not 1 <= steps <= 1000:
             raise ValueError("steps must lie in 1..1000")
@@ -278,10 +306,32 @@ class ReIDEngine:
             feats = self._pose_features(self.resolve_pose(pose)).expand(len(ids), -1, -1, -1)
             net, extra_fn = self.pose_generator, (lambda: feats)
         with self._sampling_precision():
-            x = ddim_sample(net, torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device),
-                            steps, extra_features_fn=extra_fn, guidance_scale=self.guidance_scale,
-                            guidance_steps=self.guidance_steps)
-        return [Image.fromarray(a) for a in to_uint8(x)]
+            return ddim_sample(net, ids, z, steps, extra_features_fn=extra_fn, guidance_scale=self.guidance_scale,
+                               guidance_steps=self.guidance_steps)
+
+    @torch.inference_mode()
+    def pose_views(self, crops_u8: np.ndarray, images_u8: np.ndarray | None = None, poses: Sequence[int] | None = None,
+                   steps: int = 5, batch_size: int = 64, progress: ProgressFn | None = None) -> np.ndarray:
+        """Pose2ID's views of photos: each photo regenerated in each library pose, with its own
+        identity (Img2ID of `crops_u8`, at `embed_size`) and its own noise (Img2Noise of
+        `images_u8`, the same photos at the model's size; resized from the crops when not given).
+        Returns uint8 (N, len(poses), H, W, 3) at the model's size."""
+        if self.pose_generator is None:
+            raise ValueError("these weights hold no pose-conditioned generator (train the 'pose' stage)")
+        poses = list(range(len(self._pose_library))) if poses is None else [int(p) for p in poses]
+        h, w = self.image_size
+        out = np.zeros((len(crops_u8), len(poses), h, w, 3), np.uint8)
+        for i in range(0, len(crops_u8), batch_size):
+            crops = to_tensor(crops_u8[i:i + batch_size]).to(self.device)
+            x = to_tensor(images_u8[i:i + batch_size]).to(self.device) if images_u8 is not None else \
+                torch.nn.functional.interpolate(crops, size=(h, w), mode="bilinear", antialias=True)
+            ident = self.img2id.embed(crops).float()
+            z = self.img2noise(x).float()
+            for j, p in enumerate(poses):
+                out[i:i + len(x), j] = to_uint8(self._sample(ident, z, steps, p))
+            if progress is not None:
+                progress(min(1.0, (i + len(x)) / len(crops_u8)), f"posed {min(i + len(x), len(crops_u8))}/{len(crops_u8)}")
+        return out
 
     # ------------------------------------------------------------ poses
     @property
@@ -436,6 +486,36 @@ class ReIDEngine:
             out.append(self.img2id.embed(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.preset.id_dim), np.float32)
 
+    @torch.inference_mode()
+    def _havana(self, images_u8: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """HAVANA head on uint8 photos: z_mu (N, id_dim) and z_sigma (N, id_dim), each the mean of
+        the photo's and its mirror image's."""
+        if self.uncertainty is None:
+            raise ValueError("these weights hold no uncertainty head (train the 'uncertainty' stage)")
+        mus, sigmas = [], []
+        for i in range(0, len(images_u8), batch_size):
+            x = to_tensor(images_u8[i:i + batch_size]).to(self.device)
+            pooled = self.img2id.pooled(torch.cat([x, x.flip(3)]))
+            mu, sigma = self.uncertainty(pooled)
+            n = len(x)
+            mus.append(((mu[:n] + mu[n:]) / 2).float().cpu().numpy())
+            sigmas.append(((sigma[:n] + sigma[n:]) / 2).float().cpu().numpy() if sigma is not None
+                          else np.full((n, mu.shape[1]), np.nan, np.float32))
+        empty = np.zeros((0, self.preset.id_dim), np.float32)
+        return (np.concatenate(mus), np.concatenate(sigmas)) if mus else (empty, empty)
+
+    def havana_features(self, images_u8: np.ndarray) -> np.ndarray:
+        """The HAVANA head's test feature z_mu (unit length), for `evaluate --model havana`."""
+        return l2_normalize(self._havana(images_u8)[0])
+
+    def identity_certainty(self, images: Iterable) -> list[Certainty]:
+        """How sure the identity of each photo is: HAVANA's sigma, placed among the training photos'."""
+        if self.uncertainty is None or not self.uncertainty.config.variational:
+            raise ValueError("these weights hold no variational uncertainty head")
+        arrs = np.stack([self.prepare(im, self.embed_size) for im in images])
+        sigma = self._havana(arrs)[1].mean(1)
+        return [Certainty(float(s), float(c)) for s, c in zip(sigma, self.uncertainty.certainty(sigma))]
+
     def _noise_of(self, x: torch.Tensor, ident: torch.Tensor, method: str) -> torch.Tensor:
         """The noise of images x (B, 3, H, W) under identities (B, id_dim): Img2Noise or DDIM inversion."""
         if method == "img2noise":
@@ -461,7 +541,12 @@ class ReIDEngine:
         with self._sampling_precision():
             rec = to_uint8(ddim_sample(self.generator, ident, z, self.preset.sample_steps))[0]
         return Inversion(ident[0].cpu().numpy(), z[0].cpu().numpy(), Image.fromarray(arr),
-                         Image.fromarray(rec), psnr(arr, rec))
+                         Image.fromarray(rec), psnr(arr, rec), self.certainty_or_none(img))
+
+    def certainty_or_none(self, image) -> "Certainty | None":
+        """`identity_certainty` of one photo, or None when the weights hold no variational head."""
+        head = self.uncertainty
+        return self.identity_certainty([image])[0] if head is not None and head.config.variational else None
 
     @torch.inference_mode()
     def reconstruct_arrays(self, images_u8: np.ndarray, method: str = "img2noise", batch_size: int = 128,
@@ -585,28 +670,93 @@ class ReIDEngine:
             h, w = self.image_size
             return Image.new("RGB", (w, h), (200, 200, 200))
 
+    # ------------------------------------------------------------ Pose2ID centralization
+    def centralize(self, crops_u8: np.ndarray, images_u8: np.ndarray | None = None) -> np.ndarray:
+        """Pose2ID features of photos (uint8 at `embed_size`; `images_u8` the same at the model's
+        size): Img2ID pulled towards the mean Img2ID of the photo redrawn in the first M library
+        poses with its own noise, normalize(f + eta * mean_i f_i), M and eta from
+        `centralization` (chosen on training identities by `python -m reid_core.evaluate
+        --choose-centralization`)."""
+        from .retrieval import pose_centralize
+        c = self.centralization
+        if c is None:
+            raise ValueError("these weights hold no centralization settings (run python -m reid_core.evaluate "
+                             "--choose-centralization)")
+        views = self.pose_views(crops_u8, images_u8, poses=range(int(c["poses"])), steps=int(c["steps"]))
+        vf = self.embed_arrays(views.reshape(-1, *views.shape[2:])).reshape(len(views), views.shape[1], -1)
+        return pose_centralize(self.embed_arrays(crops_u8), vf, float(c["eta"]))
+
+    def centralize_gallery(self, gallery: Gallery | None = None, progress: ProgressFn | None = None,
+                           use_cache: bool = True) -> Gallery:
+        """Compute (once; kept on disk for an indexed folder) the centralized features of the
+        indexed gallery, or of `gallery` (a visitor's uploads, redrawn from their pictures)."""
+        g = self.gallery if gallery is None else gallery
+        if g is None or not len(g):
+            raise ValueError("no gallery indexed yet: index a folder or upload gallery photos first")
+        if g.centralized is not None:
+            return g
+        if g.images is not None:
+            small = np.stack(g.images)
+            g.centralized = self.centralize(small, small)
+            return g
+        key = hashlib.sha1(repr((self.fingerprint, sorted(self.centralization.items()) if self.centralization else None,
+                                 [(p, Path(p).stat().st_size if Path(p).exists() else -1) for p in g.paths]))
+                           .encode()).hexdigest()[:16]
+        path = cache_dir() / f"centralized-{key}.npz"
+        if use_cache and path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                g.centralized = z["features"]
+            return g
+        feats, batch = [], 64
+        for i in range(0, len(g), batch):
+            crops = np.stack([self.prepare(p, self.embed_size) for p in g.paths[i:i + batch]])
+            small = np.stack([self.prepare(p) for p in g.paths[i:i + batch]])
+            feats.append(self.centralize(crops, small))
+            if progress is not None:
+                done = min(i + batch, len(g))
+                progress(done / len(g), f"redrew {done}/{len(g)} gallery photos in {self.centralization['poses']} poses")
+        g.centralized = np.concatenate(feats)
+        if use_cache:
+            atomic_savez(path, features=g.centralized)
+        return g
+
     def search(self, query, k: int = 10, uploads: Gallery | None = None, with_images: bool = False,
-               skip_camera: int | None = None) -> list[Match]:
+               skip_camera: int | None = None, centralize: bool = False) -> list[Match]:
         """The k images nearest to `query` (a photo, or an Img2ID vector) over the indexed gallery
         and `uploads` (a visitor's own, from `gallery_from_photos`), by Euclidean distance between
         Img2ID vectors; ties keep gallery order. `with_images` attaches each hit's picture;
         `skip_camera` leaves out the images of that camera (the query's own: the Market protocol
-        asks for a match seen by another camera)."""
+        asks for a match seen by another camera).
+
+        `centralize` ranks by Pose2ID-centralized features (`centralize`; the gallery's come from
+        `centralize_gallery`, computed here if missing). Each hit's distance and same-person
+        probability stay those of the raw Img2ID vectors, on which the verdict was calibrated."""
         sources = [(name, g) for name, g in (("indexed", self.gallery), ("uploads", uploads))
                    if g is not None and len(g)]
         if not sources:
             raise ValueError("no gallery indexed yet: index a folder or upload gallery photos first")
-        q = np.asarray(query, np.float32)[None] if isinstance(query, np.ndarray) and query.ndim == 1 \
-            else self.embed([query])
+        is_vector = isinstance(query, np.ndarray) and query.ndim == 1
+        if is_vector:
+            if centralize:
+                raise ValueError("centralization needs the query photo, not its identity vector")
+            q = np.asarray(query, np.float32)[None]
+        else:
+            crop = self.prepare(query, self.embed_size)
+            q = self.embed_arrays(crop[None])
         d = np.concatenate([pairwise_distance(q, g.features)[0] for _, g in sources])
+        rank_d = d
+        if centralize:
+            qc = self.centralize(crop[None], self.prepare(query)[None])
+            rank_d = np.concatenate([pairwise_distance(qc, self.centralize_gallery(g).centralized)[0]
+                                     for _, g in sources])
         if skip_camera is not None and skip_camera >= 0:
             cams = np.concatenate([g.camids for _, g in sources])
-            d = np.where(cams == skip_camera, np.inf, d)
+            rank_d = np.where(cams == skip_camera, np.inf, rank_d)
         owner = np.concatenate([np.full(len(g), s) for s, (_, g) in enumerate(sources)])
         row = np.concatenate([np.arange(len(g)) for _, g in sources])
-        k = max(1, min(int(k), int(np.isfinite(d).sum())))
-        top = np.argsort(d, kind="stable")[:k]
-        top = top[np.isfinite(d[top])]
+        k = max(1, min(int(k), int(np.isfinite(rank_d).sum())))
+        top = np.argsort(rank_d, kind="stable")[:k]
+        top = top[np.isfinite(rank_d[top])]
         out = []
         for i in top:
             name, g = sources[owner[i]]

@@ -24,6 +24,8 @@ from .metrics import evaluate_rank, pairwise_distance, rank_summary
 def features(engine, images_u8: np.ndarray, model: str) -> np.ndarray:
     if model == "img2id":
         return engine.embed_arrays(images_u8)
+    if model == "havana":
+        return engine.havana_features(images_u8)
     if model == "baseline":
         if engine.baseline is None:
             raise ValueError("these weights hold no baseline model (train it with --stages baseline)")
@@ -33,6 +35,102 @@ def features(engine, images_u8: np.ndarray, model: str) -> np.ndarray:
 
 
 POST = ("raw", "nfc", "rerank", "nfc+rerank")
+CENTRALIZE_M = (1, 2, 4, 8)        # Pose2ID's table shape: M library poses per photo
+CENTRALIZE_ETA = (0.25, 0.5, 1.0, 2.0)
+VIEW_STEPS = 5                     # DDIM steps of a pose view (half the demo's: 8 views per photo)
+
+
+def parse_post(post: str) -> tuple[int, bool, bool]:
+    """A retrieval variant: "raw", or "+"-joined parts among "pose<M>" (Pose2ID centralization
+    with M library poses), "nfc", "rerank". Returns (M or 0, nfc, rerank)."""
+    parts = post.split("+")
+    if post == "raw":
+        return 0, False, False
+    m = [p for p in parts if p.startswith("pose")]
+    rest = [p for p in parts if not p.startswith("pose")]
+    ok = len(m) <= 1 and set(rest) <= {"nfc", "rerank"} and len(set(rest)) == len(rest) and \
+        (not m or m[0][4:].isdigit() and int(m[0][4:]) >= 1)
+    if not ok:
+        raise ValueError(f"unknown retrieval variant {post!r}: use raw, or join pose<M>, nfc, rerank with '+'")
+    return (int(m[0][4:]) if m else 0), "nfc" in rest, "rerank" in rest
+
+
+def embed_with(engine, model: str, images_u8: np.ndarray) -> np.ndarray:
+    """Features of uint8 images of any size by `model` (each model resizes to its own input)."""
+    if model == "baseline":
+        from PIL import Image
+        h, w = engine.image_size
+        if images_u8.shape[1:3] != (h, w):
+            images_u8 = np.stack([np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR)) for a in images_u8])
+    return features(engine, images_u8, model)
+
+
+def cached_views(engine, name: str, crops_u8: np.ndarray, images_u8: np.ndarray, steps: int = VIEW_STEPS,
+                 progress: bool = True) -> np.ndarray:
+    """`engine.pose_views` of a split in every library pose, kept on disk by weights and input."""
+    import hashlib
+
+    from .io import atomic_savez, cache_dir
+    h = hashlib.sha1(f"{engine.fingerprint}|{name}|{steps}|{len(engine.pose_library())}".encode())
+    h.update(np.ascontiguousarray(crops_u8[:, ::8, ::8]).tobytes())
+    path = cache_dir() / f"views-{h.hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return z["views"]
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(crops_u8), desc=f"pose views ({name})", disable=not progress)
+
+    def tick(frac, _msg):
+        bar.n = int(round(frac * len(crops_u8)))
+        bar.refresh()
+    views = engine.pose_views(crops_u8, images_u8, steps=steps, progress=tick)
+    bar.close()
+    atomic_savez(path, views=views)
+    return views
+
+
+def rank_variant(qf, gf, post: str, metric: str, q_views=None, g_views=None, eta: float = 1.0):
+    """One retrieval variant: the (num_query, num_gallery) distance and the gallery features it ranked."""
+    from .retrieval import k_reciprocal_rerank, nfc, normalize, pose_centralize
+    m, use_nfc, use_rerank = parse_post(post)
+    if m:
+        qf, gf = pose_centralize(qf, q_views[:, :m], eta), pose_centralize(gf, g_views[:, :m], eta)
+    qp, gp = (nfc(qf), nfc(gf)) if use_nfc else (qf, gf)
+    if metric == "cosine":
+        qp, gp = normalize(qp), normalize(gp)
+    dist = k_reciprocal_rerank(qp, gp) if use_rerank else pairwise_distance(qp, gp, metric=metric)
+    return dist, gp
+
+
+def choose_centralization(engine, data, model: str = "img2id", ms=CENTRALIZE_M, etas=CENTRALIZE_ETA,
+                          num_ids: int = 100, progress: bool = True) -> dict:
+    """Pose2ID's eta for each M, chosen on held-out TRAINING identities (`validation_split`:
+    one query per camera, the rest gallery), never on the test split. Returns
+    {"raw": val mAP, "by_m": {M: {"eta", "mAP"}}, "best_m": M}."""
+    from .data import validation_split
+    crops = load_split(data, "train", engine.embed_size, progress=progress)
+    small = load_split(data, "train", engine.image_size, progress=progress)
+    num_ids = min(num_ids, len(np.unique(crops.pids)) // 2)   # a tiny dataset: half its identities
+    _, qi, gi = validation_split(crops.pids, crops.camids, num_ids=num_ids, seed=0)
+    idx = np.concatenate([qi, gi])
+    views = cached_views(engine, f"train-val{num_ids}", crops.images[idx], small.images[idx], progress=progress)
+    imgs = small.images[idx] if model == "baseline" else crops.images[idx]
+    f = features(engine, imgs, model)
+    vf = embed_with(engine, model, views.reshape(-1, *views.shape[2:])).reshape(len(idx), views.shape[1], -1)
+    metric = "cosine" if model == "baseline" else "euclidean"
+    nq = len(qi)
+    pids, cams = crops.pids[idx], crops.camids[idx]
+
+    def val_map(post, eta=1.0):
+        d, _ = rank_variant(f[:nq], f[nq:], post, metric, vf[:nq], vf[nq:], eta)
+        return float(evaluate_rank(d, pids[:nq], pids[nq:], cams[:nq], cams[nq:])[1])
+    by_m = {}
+    for m in ms:
+        scores = {eta: val_map(f"pose{m}", eta) for eta in etas}
+        best = max(scores, key=scores.get)
+        by_m[int(m)] = {"eta": float(best), "mAP": scores[best]}
+    return {"raw": val_map("raw"), "by_m": by_m, "best_m": max(by_m, key=lambda k: by_m[k]["mAP"]),
+            "identities": num_ids, "queries": int(nq), "gallery": int(len(gi))}
 
 
 def evaluate(engine, data, model: str = "img2id", progress: bool = True, post: str = "raw") -> dict:
@@ -41,11 +139,14 @@ def evaluate(engine, data, model: str = "img2id", progress: bool = True, post: s
     return evaluate_variants(engine, data, model, progress, (post,))[post]
 
 
-def evaluate_variants(engine, data, model: str = "img2id", progress: bool = True, posts=POST) -> dict:
-    """{post: rank metrics} for each retrieval variant, features computed once; each also
-    reports ID^2 of the gallery features it ranked (lower: tighter identities)."""
-    from .retrieval import identity_density, k_reciprocal_rerank, nfc, normalize
-    size = engine.embed_size if model == "img2id" else engine.image_size
+def evaluate_variants(engine, data, model: str = "img2id", progress: bool = True, posts=POST,
+                      centralization: dict | None = None) -> dict:
+    """{post: rank metrics} for each retrieval variant (`parse_post`), features computed once;
+    each also reports ID^2 of the gallery features it ranked (lower: tighter identities).
+    Variants with pose centralization take eta from `centralization` (as `choose_centralization`
+    returns it; chosen on the training split when not given)."""
+    from .retrieval import identity_density
+    size = engine.image_size if model == "baseline" else engine.embed_size
     q = load_split(data, "query", size, progress=progress)
     g = load_split(data, "gallery", size, progress=progress)
     t0 = time.perf_counter()
@@ -53,21 +154,30 @@ def evaluate_variants(engine, data, model: str = "img2id", progress: bool = True
     # BNNeck features are compared by cosine, as BoT does; Img2ID by Euclidean distance (paper).
     metric = "cosine" if model == "baseline" else "euclidean"
     base = time.perf_counter() - t0
+    parsed = {post: parse_post(post) for post in posts}
+    max_m = max(m for m, _, _ in parsed.values())
+    qv = gv = None
+    if max_m:
+        if centralization is None:
+            centralization = choose_centralization(engine, data, model, progress=progress)
+        views = []
+        for split in ("query", "gallery"):
+            crops = load_split(data, split, engine.embed_size, progress=progress)
+            small = load_split(data, split, engine.image_size, progress=progress)
+            v = cached_views(engine, split, crops.images, small.images, progress=progress)
+            views.append(embed_with(engine, model, v.reshape(-1, *v.shape[2:])).reshape(len(v), v.shape[1], -1))
+        qv, gv = views
     out = {}
-    for post in posts:
-        if post not in POST:
-            raise ValueError(f"post must be one of {POST}, got {post!r}")
+    for post, (m, _, _) in parsed.items():
         t1 = time.perf_counter()
-        qp, gp = (nfc(qf), nfc(gf)) if "nfc" in post else (qf, gf)
-        if "rerank" in post:
-            dist = k_reciprocal_rerank(normalize(qp), normalize(gp)) if metric == "cosine" \
-                else k_reciprocal_rerank(qp, gp)
-        else:
-            dist = pairwise_distance(qp, gp, metric=metric)
+        eta = centralization["by_m"][m]["eta"] if m else 0.0
+        dist, gp = rank_variant(qf, gf, post, metric, qv, gv, eta)
         cmc, mAP = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids)
         res = rank_summary(cmc, mAP)
         res.update(model=model, metric=metric, post=post, num_query=len(q), num_gallery=len(g),
                    id_density=identity_density(gp, g.pids), seconds=base + time.perf_counter() - t1)
+        if m:
+            res.update(eta=eta, eta_chosen_on="training identities", val_mAP=centralization["by_m"][m]["mAP"])
         out[post] = res
     return out
 
@@ -181,16 +291,42 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m reid_core.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--weights", default="weights")
     p.add_argument("--data", required=True)
-    p.add_argument("--model", default="img2id", choices=["img2id", "baseline"])
-    p.add_argument("--post", nargs="+", default=["raw"], choices=POST,
-                   help="retrieval variants: raw features, + NFC, + k-reciprocal re-ranking, both")
+    p.add_argument("--model", default="img2id", choices=["img2id", "baseline", "havana"],
+                   help="havana: the uncertainty head's z_mu over Img2ID's pooled feature")
+    p.add_argument("--post", nargs="+", default=["raw"],
+                   help="retrieval variants: raw, or '+'-joined pose<M> (Pose2ID centralization with M "
+                        "library poses, eta chosen on training identities), nfc, rerank; e.g. raw pose4 "
+                        "nfc+rerank pose4+nfc+rerank")
     p.add_argument("--calibrate", action="store_true",
                    help="fit the same-person verdict on the training split, save it as WEIGHTS/verdict.json, "
                         "and report its ROC AUC and accuracy on the test split")
+    p.add_argument("--choose-centralization", action="store_true",
+                   help="choose Pose2ID centralization's M and eta for search on held-out TRAINING identities and "
+                        "save them as WEIGHTS/centralization.json")
     p.add_argument("--json", default=None, help="write the metrics to this file")
     a = p.parse_args(argv)
+    for post in a.post:
+        try:
+            parse_post(post)
+        except ValueError as e:
+            p.error(str(e))
     engine = ReIDEngine.from_pretrained(a.weights)
-    res = evaluate_variants(engine, a.data, a.model, posts=a.post)
+    chosen = None
+    if a.choose_centralization or any(parse_post(post)[0] for post in a.post):
+        chosen = choose_centralization(engine, a.data, a.model)
+        print(f"centralization chosen on {chosen['identities']} training identities ({a.model}): raw val mAP "
+              f"{chosen['raw']:.2%}; " + ", ".join(f"M={m}: eta {c['eta']:g}, val mAP {c['mAP']:.2%}"
+                                                     for m, c in chosen["by_m"].items()))
+    if a.choose_centralization:
+        from .weights import CENTRALIZATION_FILE
+        if a.model != "img2id":
+            p.error("--choose-centralization sets the search's settings, which ranks by Img2ID: use --model img2id")
+        m = chosen["best_m"]
+        settings = {"poses": m, "eta": chosen["by_m"][m]["eta"], "steps": VIEW_STEPS,
+                    "chosen_on": f"{chosen['identities']} held-out training identities", "validation": chosen}
+        atomic_write_json(Path(a.weights) / CENTRALIZATION_FILE, settings)
+        print(f"search centralization: M={m}, eta {settings['eta']:g}; saved {Path(a.weights) / CENTRALIZATION_FILE}")
+    res = evaluate_variants(engine, a.data, a.model, posts=a.post, centralization=chosen)
     for post, r in res.items():
         print(f"{a.model} {post:>10}: mAP {r['mAP']:.2%}  Rank-1 {r['rank1']:.2%}  Rank-5 {r['rank5']:.2%}  "
               f"Rank-10 {r['rank10']:.2%}  ID2 {r['id_density']:.3f}  ({r['num_query']} queries, "

@@ -54,3 +54,39 @@ def prototype_logits(identity: torch.Tensor, table: torch.Tensor, scale: float) 
     """Cosine logits of identities (B, D) against the table's rows (C, D) as class prototypes:
     scale * <f / |f|, P_k / |P_k|> (NormFace); (B, C)."""
     return scale * F.normalize(identity.float(), dim=1) @ F.normalize(table.float(), dim=1).t()
+
+
+def gaussian_js_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(B, B) Jensen-Shannon divergence between diagonal Gaussians N(mu_i, sigma_i^2), summed over
+    dimensions. The mixture m = (p + q) / 2 is not Gaussian, so m is taken as the Gaussian with
+    its mean and variance (moment matching), which gives JS in closed form:
+    JS = (KL(p || m) + KL(q || m)) / 2."""
+    m1, v1 = mu[:, None, :].float(), sigma[:, None, :].float() ** 2
+    m2, v2 = mu[None, :, :].float(), sigma[None, :, :].float() ** 2
+    mm = (m1 + m2) / 2
+    vm = (v1 + v2) / 2 + (m1 - m2) ** 2 / 4
+
+    def kl(m, v):   # KL(N(m, v) || N(mm, vm)) per dimension
+        return 0.5 * (torch.log(vm / v) + (v + (m - mm) ** 2) / vm - 1)
+    return (0.5 * (kl(m1, v1) + kl(m2, v2))).sum(-1)
+
+
+def batch_hard_js_triplet_loss(mu: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor,
+                               margin: float = 0.5) -> torch.Tensor:
+    """HAVANA's Jensen-Shannon triplet (eq. 9), batch-hard: max(0, JS(a, p) - JS(a, n) + margin)
+    with the farthest positive and nearest negative of each anchor. The divergence is squashed
+    to 1 - exp(-JS), in [0, 1) as the paper's bounded JS, so the margin keeps its scale."""
+    d = 1 - torch.exp(-gaussian_js_divergence(mu, sigma))
+    same = labels[:, None] == labels[None, :]
+    d_ap = d.masked_fill(~same, float("-inf")).amax(dim=1)
+    d_an = d.masked_fill(same, float("inf")).amin(dim=1)
+    valid = torch.isfinite(d_an)
+    if not bool(valid.any()):
+        return mu.sum() * 0.0
+    return F.relu(d_ap[valid] - d_an[valid] + margin).mean()
+
+
+def gaussian_kl_to_standard(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)), summed over dimensions, batch mean."""
+    v = sigma.float() ** 2
+    return (0.5 * (v + mu.float() ** 2 - 1 - torch.log(v))).sum(-1).mean()

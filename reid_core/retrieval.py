@@ -1,5 +1,7 @@
 """Retrieval beyond the raw identity feature: training-free gains and a calibrated verdict.
 
+- `pose_centralize`: Pose2ID's feature centralization (digest §2): each feature pulled towards
+  the mean feature of the same photo regenerated in M library poses.
 - `nfc`: Pose2ID's neighbour feature centralization (digest §2): each feature plus its
   mutual nearest neighbours, within one set (the gallery, or the queries).
 - `k_reciprocal_rerank`: Zhong et al. (CVPR 2017) k-reciprocal re-ranking, k1 = 20, k2 = 6,
@@ -23,6 +25,15 @@ from .metrics import l2_normalize, pairwise_distance
 def normalize(x: np.ndarray) -> np.ndarray:
     """float32 rows of unit length."""
     return l2_normalize(np.asarray(x, np.float32))
+
+
+# ---------------------------------------------------------------- Pose2ID centralization
+def pose_centralize(features: np.ndarray, view_features: np.ndarray, eta: float) -> np.ndarray:
+    """f~ = normalize(f + eta * mean_i f_i): features (N, D), the features of each photo's M
+    pose views (N, M, D); all on the unit sphere first, so eta weighs directions alike."""
+    views = normalize(np.asarray(view_features, np.float32).reshape(-1, view_features.shape[-1]))
+    mean = views.reshape(view_features.shape).mean(axis=1)
+    return normalize(normalize(features) + eta * mean)
 
 
 # ---------------------------------------------------------------- NFC

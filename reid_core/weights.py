@@ -6,6 +6,8 @@ export and publish copy it.
     training_log.json      per stage: steps, minutes, losses
     pose_library.json      the representative poses (optional)
     verdict.json           P(same person | distance), fitted on training pairs (optional)
+    centralization.json    Pose2ID centralization for search: M poses, eta, view steps, chosen on
+                           training identities (optional)
     portraits.webp (+ .json)  every training identity generated once (noise seed 0), made at
                            export so that the apps never wait for 643 generations (optional;
                            lossless WebP: 2.1 MB where PNG takes 2.7)
@@ -25,22 +27,24 @@ IDENTITIES_FILE = "identities.json"
 TRAINING_LOG = "training_log.json"
 POSE_LIBRARY_FILE = "pose_library.json"
 VERDICT_FILE = "verdict.json"
+CENTRALIZATION_FILE = "centralization.json"
 PORTRAITS_FILE = "portraits.webp"
 PORTRAITS_META = "portraits.json"
 PORTRAITS_COLUMNS = 32
 IDENTITY_MAP_FILE = "identity_map.json"
 SLIDER_RANKING_FILE = "slider_ranking.json"
-FILES = (PRESET_FILE, IDENTITIES_FILE, TRAINING_LOG, POSE_LIBRARY_FILE, VERDICT_FILE)
+FILES = (PRESET_FILE, IDENTITIES_FILE, TRAINING_LOG, POSE_LIBRARY_FILE, VERDICT_FILE, CENTRALIZATION_FILE)
 REQUIRED = ("generator", "prior", "img2id", "img2noise")
-OPTIONAL = ("baseline", "pose_generator", "pose_encoder")
+OPTIONAL = ("baseline", "pose_generator", "pose_encoder", "uncertainty")
 COMPONENTS = REQUIRED + OPTIONAL
 
 
 def model_class(component: str):
-    from .models import BaselineNet, IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder
+    from .models import (BaselineNet, IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder,
+                         VariationalIdentityHead)
     return {"generator": IdentityUNet, "pose_generator": IdentityUNet, "prior": IdentityPrior,
             "img2id": IdentityEncoder, "img2noise": NoiseEncoder, "baseline": BaselineNet,
-            "pose_encoder": PoseEncoder}[component]
+            "pose_encoder": PoseEncoder, "uncertainty": VariationalIdentityHead}[component]
 
 
 def has_component(root, component: str) -> bool:

@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 
 from reid_core.data import DEMO_DATA, load_split
 from reid_core.engine import Gallery, ReIDEngine, psnr
-from reid_core.evaluate import calibrate_verdict, evaluate, evaluate_variants, generate_rows, identity_consistency
+from reid_core.evaluate import (CENTRALIZE_M, calibrate_verdict, choose_centralization, evaluate, evaluate_variants,
+                                generate_rows, identity_consistency)
 from timing import timeit  # scripts/timing.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,40 @@ def bench_retrieval(engine, data) -> dict:
            for m in ("img2id", "baseline") if m == "img2id" or engine.baseline is not None}
     verdict, scores = calibrate_verdict(engine, data, progress=False)
     out["verdict"] = {**scores, "coef": verdict.coef, "intercept": verdict.intercept, "train_pairs": verdict.pairs}
+    return out
+
+
+def bench_centralization(engine, data, quick: bool) -> dict:
+    """Pose2ID feature centralization (M = 1, 2, 4, 8 library poses; eta chosen per M on held-out
+    TRAINING identities), alone and with NFC + re-ranking, for Img2ID and the baseline; and the
+    time of one centralized search (an uploaded photo against 1,505 cached gallery features)."""
+    if not engine.has_pose_model:
+        return {"skipped": "no pose generator in these weights"}
+    posts = ["raw", *(f"pose{m}" for m in CENTRALIZE_M), "nfc+rerank", *(f"pose{m}+nfc+rerank" for m in CENTRALIZE_M)]
+    out = {}
+    for model in ("img2id", "baseline"):
+        if model == "baseline" and engine.baseline is None:
+            continue
+        chosen = choose_centralization(engine, data, model, progress=False)
+        out[model] = {"chosen": chosen, "variants": evaluate_variants(engine, data, model, progress=False,
+                                                                      posts=posts, centralization=chosen)}
+    best = out["img2id"]["chosen"]
+    settings = engine.centralization or {"poses": best["best_m"], "eta": best["by_m"][best["best_m"]]["eta"], "steps": 5}
+    q = load_split(data, "query", engine.embed_size, progress=False)
+    photo = Image.fromarray(q.images[0])
+    rng = np.random.default_rng(0)
+    n = 1505
+    feats = rng.standard_normal((n, engine.preset.id_dim)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    saved, saved_c = engine.gallery, engine.centralization
+    engine.gallery = Gallery(feats, [f"g{i}" for i in range(n)], -np.ones(n, int), -np.ones(n, int), centralized=feats)
+    engine.centralization = settings
+    try:
+        out["search"] = {"settings": settings, "gallery": n, "threads": torch.get_num_threads(),
+                         "centralized": timeit(lambda: engine.search(photo, 10, centralize=True), 10 if quick else 30),
+                         "raw": timeit(lambda: engine.search(photo, 10), 10 if quick else 30)}
+    finally:
+        engine.gallery, engine.centralization = saved, saved_c
     return out
 
 
@@ -342,6 +377,12 @@ def summary_rows(res: dict) -> list[str]:
         best = max(rv["img2id"].items(), key=lambda kv: kv[1]["mAP"])
         out.append(f"| best retrieval variant vs raw Img2ID (test mAP) | {best[0]}: {_pct(best[1]['mAP'])} vs "
                    f"{_pct(raw)} ({100 * (best[1]['mAP'] - raw):+.1f}) | ≥ +8 {_mark(best[1]['mAP'] - raw >= 0.08)} |")
+    ce = res.get("centralization", {})
+    if "search" in ce:
+        sc = ce["search"]
+        p95 = sc["centralized"]["p95_ms"] / 1000
+        out.append(f"| search with centralization (M = {sc['settings']['poses']}), one photo against {sc['gallery']:,} "
+                   f"cached gallery features, {sc['threads']} threads | {p95:.2f} s p95 | ≤ 1 s {_mark(p95 <= 1)} |")
     if "verdict" in rv:
         out.append(f"| same/different verification ROC AUC, test pairs | {rv['verdict']['roc_auc']:.3f} | ≥ 0.90 "
                    f"{_mark(rv['verdict']['roc_auc'] >= 0.90)} |")
@@ -426,6 +467,28 @@ def report(res: dict, out: Path) -> str:
                       f"even odds at distance {v['threshold']:.3f}): test ROC AUC **{v['roc_auc']:.3f}**, accuracy "
                       f"{_pct(v['accuracy'])} on {v['pairs']:,} balanced test pairs (same person across cameras vs "
                       f"different people)."]
+        L.append("")
+    ce = res.get("centralization")
+    if ce and "img2id" in ce:
+        L += ["## Pose2ID feature centralization (`reid_core/evaluate.py`, `engine.centralize`)", "",
+              "Each query and gallery photo is redrawn in the first M library poses with its own identity (Img2ID) "
+              "and its own noise (Img2Noise), 5 DDIM steps; its feature becomes normalize(f + η · mean of the "
+              "views' features). η ∈ {0.25, 0.5, 1, 2} is chosen for each M on 100 held-out TRAINING identities "
+              "(one query per camera, the rest gallery), never on the test split; the baseline embeds the same views.", "",
+              "| model | variant | η (chosen on train) | train-split mAP | test mAP | Rank-1 | Rank-5 | ID² |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for model in ("img2id", "baseline"):
+            if model not in ce:
+                continue
+            for post, m in ce[model]["variants"].items():
+                L.append(f"| {model} | {post} | {m.get('eta', '–')} | {_pct(m['val_mAP']) if 'val_mAP' in m else '–'} | "
+                         f"{_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {m['id_density']:.3f} |")
+        sc = ce.get("search")
+        if sc:
+            L += ["", f"Search with centralization (M = {sc['settings']['poses']}, η = {sc['settings']['eta']:g}), one "
+                      f"photo against {sc['gallery']:,} cached gallery features, {sc['threads']} threads: p50 "
+                      f"{sc['centralized']['p50_ms']:.0f} ms, p95 {sc['centralized']['p95_ms']:.0f} ms (raw search: "
+                      f"p95 {sc['raw']['p95_ms']:.0f} ms)."]
         L.append("")
     c = res.get("consistency")
     if c and "top1" in c:
@@ -569,7 +632,7 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the sections of the existing benchmarks.json that this run does not measure")
     ap.add_argument("--sections", nargs="+",
-                    default=["reid", "retrieval", "consistency", "inversion", "speed", "pose", "sliders", "swap",
+                    default=["reid", "retrieval", "centralization", "consistency", "inversion", "speed", "pose", "sliders", "swap",
                              "pictures"])
     a = ap.parse_args()
     if a.report_only:
@@ -586,6 +649,7 @@ def main() -> None:
            "weights_mb": _weights_mb(a.weights), "training": _training(a.weights)}
     steps = {"reid": lambda: bench_reid(engine, a.data),
              "retrieval": lambda: bench_retrieval(engine, a.data),
+             "centralization": lambda: bench_centralization(engine, a.data, a.quick),
              "consistency": lambda: bench_consistency(engine, a.data, a.quick),
              "inversion": lambda: bench_inversion(engine, a.data, a.quick),
              "speed": lambda: bench_speed(engine, a.weights, a.quick),

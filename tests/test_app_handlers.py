@@ -133,6 +133,7 @@ def test_invert(app, engine, photo, method):
     assert inp.size == rec.size == noise.size == (w * app.scale, h * app.scale)
     assert isinstance(fig, go.Figure) and len(fig.data[0].y) == engine.preset.id_dim
     assert "PSNR" in cap and method in cap and "dB" in cap
+    assert "identity certainty" in cap and "training photos" in cap     # HAVANA's sigma, placed
     sheet, scap = app.swap(photo, method, PRIOR, 0, 4)
     assert sheet.size[0] > 3 * w * app.scale and "prior (seed 4)" in scap
     sheet2, scap2 = app.swap(photo, method, TRAINING, 1, 0)
@@ -230,6 +231,7 @@ def test_reidentify_with_folder_and_uploads(app, engine, photo, synthetic_market
     assert "images indexed" in status
     ids, gal, cap = app.reidentify(photo, 4, None)
     assert len(gal) == 4 and "pid" in gal[0][1]
+    assert cap.startswith("Query photo · identity certainty: **")
     dists = [float(c.lstrip("✅❌ ").split(" · ")[0]) for _, c in gal]
     assert dists == sorted(dists)
     # the query's own person is among the nearest gallery images (synthetic persons are easy)
@@ -252,6 +254,23 @@ def test_reidentify_with_folder_and_uploads(app, engine, photo, synthetic_market
         app.add_uploads([], state)
     cleared, status = app.clear_uploads()
     assert cleared is None and "your own photos" not in status
+
+
+def test_reidentify_with_pose_centralization(app, engine, photo, synthetic_market):
+    app.index_folder(str(synthetic_market))
+    saved = engine.centralization
+    engine.centralization = {"poses": 2, "eta": 1.0, "steps": 3}
+    try:
+        _, gal, cap = app.reidentify(photo, 4, None, True, True)
+        from app.common import name_identity
+        want = engine.search(photo, k=4, skip_camera=name_identity(photo)[1], centralize=True)
+    finally:
+        engine.centralization = saved
+        engine.gallery.centralized = None
+    assert "Pose2ID centralization" in cap and "2 poses" in cap
+    assert [c.lstrip("✅❌ ").split(" · ")[0] for _, c in gal] == [f"{m.distance:.3f}" for m in want]
+    _, _, plain = app.reidentify(photo, 4, None, True, True)   # weights without settings: the switch is inert
+    assert "centralization" not in plain
 
 
 # ---------------------------------------------------------------- identity map

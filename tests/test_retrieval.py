@@ -7,7 +7,7 @@ import pytest
 
 from reid_core.metrics import evaluate_rank, pairwise_distance
 from reid_core.retrieval import (Verdict, fit_verdict, identity_density, k_reciprocal_rerank, nfc, normalize,
-                                 verification_scores)
+                                 pose_centralize, verification_scores)
 
 
 def literal_rerank(q, g, k1, k2, lam):
@@ -65,6 +65,28 @@ def test_rerank_helps_on_clustered_identities():
     raw = evaluate_rank(pairwise_distance(feats[qi], feats[gi]), pids[qi], pids[gi], cams_q, cams_g)[1]
     rr = evaluate_rank(k_reciprocal_rerank(feats[qi], feats[gi], k1=4, k2=2), pids[qi], pids[gi], cams_q, cams_g)[1]
     assert rr > raw
+
+
+def test_pose_centralization_pulls_each_feature_towards_its_views_mean():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(5, 4)).astype(np.float32)
+    views = rng.normal(size=(5, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(pose_centralize(f, views, 0.0), normalize(f), atol=1e-6)
+    unit_views = views / np.linalg.norm(views, axis=2, keepdims=True)
+    want = normalize(normalize(f) + 0.5 * unit_views.mean(1))
+    np.testing.assert_allclose(pose_centralize(f, views, 0.5), want, atol=1e-6)
+    # views of the photo itself change nothing; views scaled up weigh no more than unit ones
+    np.testing.assert_allclose(pose_centralize(f, np.repeat(f[:, None], 3, 1), 2.0), normalize(f), atol=1e-6)
+    np.testing.assert_allclose(pose_centralize(f, 10 * views, 0.5), want, atol=1e-6)
+
+
+def test_pose_centralization_merges_two_photos_of_one_person():
+    """Two photos far apart whose views agree (the generator redraws the same person) end closer."""
+    a, b, other = np.eye(3, dtype=np.float32)
+    views = np.stack([np.stack([a + b] * 2), np.stack([a + b] * 2), np.stack([other] * 2)])
+    before = pairwise_distance(normalize(np.stack([a, b])), normalize(np.stack([a, b])))[0, 1]
+    after = pose_centralize(np.stack([a, b, other]), views, 1.0)
+    assert np.linalg.norm(after[0] - after[1]) < before
 
 
 def test_nfc_adds_mutual_neighbours_only():

@@ -64,7 +64,7 @@ def test_generate_and_invert(at, synthetic_market):
     _ok(at.run())
     at.radio(key="inv-method").set_value("ddim")
     _ok(at.button(key="inv-btn").click().run())
-    assert any("PSNR" in m.value for m in at.markdown)
+    assert any("PSNR" in m.value and "identity certainty" in m.value for m in at.markdown)
     _ok(at.button(key="swap-btn").click().run())
     assert not at.error
 
@@ -135,6 +135,7 @@ def test_reidentify_and_map(at, synthetic_market):
     assert not at.error
     _ok(at.button(key="reid-btn").click().run())
     assert any("Nearest gallery images" in m.value for m in at.markdown)
+    assert any(m.value.startswith("Query photo · identity certainty") for m in at.markdown)
     assert any(len(sheet) >= 5 and all("pid" in cap for _, cap in sheet) for sheet in _sheets(at))
     at.file_uploader(key="gal-files").set_value([("<b>mine</b>.jpg", _photo_bytes(synthetic_market), "image/jpeg"),
                                                  ("bad.jpg", b"nope", "image/jpeg")])
@@ -151,3 +152,23 @@ def test_reidentify_and_map(at, synthetic_market):
     at.number_input(key="map-index").set_value(2)
     _ok(at.run())
     assert not at.error
+
+
+def test_reidentify_with_pose_centralization(tiny_weights, synthetic_market, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+    w = tmp_path / "w"
+    shutil.copytree(tiny_weights, w)
+    (w / "centralization.json").write_text(json.dumps({"poses": 2, "eta": 1.0, "steps": 3}))
+    monkeypatch.setenv("REID_WEIGHTS", str(w))
+    monkeypatch.setenv("REID_GALLERY", str(synthetic_market))
+    at = _ok(AppTest.from_file(APP, default_timeout=180).run())
+    at.selectbox(key="gal-folder").set_value(str(Path(synthetic_market).resolve()))
+    _ok(at.button(key="gal-index").click().run())
+    at.checkbox(key="reid-central").check()
+    _ok(at.button(key="reid-btn").click().run())
+    assert not at.error
+    assert any("Ranked with **Pose2ID centralization**" in m.value and "2 poses" in m.value for m in at.markdown)
+    assert any(len(sheet) >= 5 for sheet in _sheets(at))

@@ -261,6 +261,76 @@ def test_evaluate_reports_each_retrieval_variant(engine, synthetic_market):
     assert res["nfc"]["id_density"] < res["raw"]["id_density"]      # NFC pulls identities together
 
 
+def test_pose_views_regenerate_each_photo_in_each_library_pose(engine, synthetic_market):
+    from reid_core.data import load_split
+    q = load_split(synthetic_market, "query", engine.embed_size, progress=False)
+    small = load_split(synthetic_market, "query", engine.image_size, progress=False)
+    views = engine.pose_views(q.images[:3], small.images[:3], steps=3)
+    assert views.shape == (3, len(engine.pose_library()), *engine.image_size, 3)
+    ident = engine.embed_arrays(q.images[:3])
+    noise = engine.img2noise(torch.from_numpy(small.images[:3]).permute(0, 3, 1, 2).float() / 127.5 - 1).detach()
+    for j in (0, len(engine.pose_library()) - 1):
+        want = np.stack([np.asarray(im) for im in engine.generate(ident, noise=noise.numpy(), pose=j, steps=3)])
+        np.testing.assert_array_equal(views[:, j], want)
+    assert np.abs(views[:, 0].astype(int) - views[:, -1].astype(int)).mean() > 0   # the pose matters
+
+
+def test_pose_centralization_is_chosen_on_training_identities(engine, synthetic_market):
+    from reid_core.data import load_split
+    from reid_core.evaluate import (CENTRALIZE_ETA, VIEW_STEPS, choose_centralization, evaluate_variants,
+                                    parse_post)
+    from reid_core.metrics import evaluate_rank, pairwise_distance
+    from reid_core.retrieval import pose_centralize
+    chosen = choose_centralization(engine, synthetic_market, ms=(1, 2), progress=False)
+    assert set(chosen["by_m"]) == {1, 2} and all(c["eta"] in CENTRALIZE_ETA for c in chosen["by_m"].values())
+    assert chosen["identities"] == 4          # half the 8 training identities; no test image is read
+    res = evaluate_variants(engine, synthetic_market, posts=("raw", "pose2", "pose2+nfc+rerank"), progress=False,
+                            centralization=chosen)
+    eta = chosen["by_m"][2]["eta"]
+    assert res["pose2"]["eta"] == eta
+    # pose2 by hand: Img2ID of each photo's first two pose views, averaged into its feature
+    feats = []
+    for split in ("query", "gallery"):
+        crops = load_split(synthetic_market, split, engine.embed_size, progress=False)
+        small = load_split(synthetic_market, split, engine.image_size, progress=False)
+        views = engine.pose_views(crops.images, small.images, poses=[0, 1], steps=VIEW_STEPS)
+        vf = engine.embed_arrays(views.reshape(-1, *views.shape[2:])).reshape(len(views), 2, -1)
+        feats.append((pose_centralize(engine.embed_arrays(crops.images), vf, eta), crops))
+    (qf, q), (gf, g) = feats
+    mAP = evaluate_rank(pairwise_distance(qf, gf), q.pids, g.pids, q.camids, g.camids)[1]
+    assert res["pose2"]["mAP"] == pytest.approx(mAP)
+    with pytest.raises(ValueError, match="unknown retrieval variant"):
+        parse_post("pose+nfc")
+
+
+def test_search_with_centralization_ranks_by_centralized_features(tiny_weights, synthetic_market, tmp_path):
+    import shutil
+    from reid_core.evaluate import main as evaluate_main
+    from reid_core.metrics import pairwise_distance
+    w = tmp_path / "w"
+    shutil.copytree(tiny_weights, w)
+    evaluate_main(["--weights", str(w), "--data", str(synthetic_market), "--choose-centralization"])
+    engine = ReIDEngine.from_pretrained(w, device="cpu")
+    c = engine.centralization
+    assert c["poses"] in (1, 2, 4, 8) and c["steps"] == 5 and "training" in c["chosen_on"]
+    gallery = engine.index_gallery(synthetic_market, use_cache=False)
+    photo = sorted((synthetic_market / "query").glob("*.jpg"))[0]
+    with pytest.raises(ValueError, match="query photo"):
+        engine.search(engine.embed([photo])[0], centralize=True)
+    hits = engine.search(photo, k=5, centralize=True)
+    crops = np.stack([engine.prepare(p, engine.embed_size) for p in gallery.paths])
+    small = np.stack([engine.prepare(p) for p in gallery.paths])
+    np.testing.assert_allclose(gallery.centralized, engine.centralize(crops, small), atol=1e-5)
+    qc = engine.centralize(engine.prepare(photo, engine.embed_size)[None], engine.prepare(photo)[None])
+    order = np.argsort(pairwise_distance(qc, gallery.centralized)[0], kind="stable")[:5]
+    assert [h.path for h in hits] == [gallery.paths[i] for i in order]
+    raw = pairwise_distance(engine.embed([photo]), gallery.features)[0]   # shown distances stay raw
+    assert [h.distance for h in hits] == pytest.approx([raw[i] for i in order], abs=1e-5)
+    uploads, _ = engine.gallery_from_photos([photo], ["mine.jpg"])
+    assert len(engine.search(photo, k=3, uploads=uploads, centralize=True)) == 3
+    assert uploads.centralized.shape == (1, engine.preset.id_dim)     # a visitor's photos are redrawn too
+
+
 def test_a_calibrated_verdict_travels_with_the_weights(tiny_weights, synthetic_market, tmp_path):
     import shutil
     from reid_core.evaluate import main as evaluate_main

@@ -1,7 +1,8 @@
 """The stages in order, each loading what the earlier ones saved.
 
     joint recipe: baseline | joint (Img2ID + table, then generator) -> prior -> img2noise -> pose
-    paper recipe: baseline | generator -> prior -> img2id -> img2noise -> pose
+                  -> uncertainty
+    paper recipe: baseline | generator -> prior -> img2id -> img2noise -> pose -> uncertainty
 
 The baseline never sees the generator (it is the judge of generated identities), so it
 can train alongside the rest (`jobs=2`: a second process, one thread each).
@@ -18,12 +19,12 @@ from ..config import Preset
 from ..io import atomic_write_json
 from ..weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_component, load_component
 
-STAGES = ("baseline", "joint", "generator", "prior", "img2id", "img2noise", "pose")
-RECIPE_STAGES = {"joint": ("baseline", "joint", "prior", "img2noise", "pose"),
-                 "paper": ("baseline", "generator", "prior", "img2id", "img2noise", "pose")}
+STAGES = ("baseline", "joint", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")
+RECIPE_STAGES = {"joint": ("baseline", "joint", "prior", "img2noise", "pose", "uncertainty"),
+                 "paper": ("baseline", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")}
 # what a stage leaves in the run folder when done (a finished stage is skipped on --resume)
 STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "generator": "generator", "prior": "prior",
-                 "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder"}
+                 "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder", "uncertainty": "uncertainty"}
 DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npz")
 _SCHEDULE_FIELDS = ("_steps", "checkpoint_every", "snapshot_every")
 
@@ -57,6 +58,7 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
     from .joint import train_joint
     from .pose import build_pose_library, find_pose_file, pose_keypoints, train_pose
     from .prior import train_prior
+    from .uncertainty import train_uncertainty
 
     import time
     t_start = time.perf_counter()
@@ -113,6 +115,8 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
                 train_pose(data_, data, load("generator"), preset, out, **kw)
             kps = pose_keypoints(find_pose_file(data), data_.paths)
             build_pose_library(data_.crops, data_.labels, data_.paths, kps, load("img2id"), preset, out, device)
+        elif stage == "uncertainty":
+            train_uncertainty(data_, load("img2id"), preset, out, device=device, resume=resume, progress=progress)
     if side is not None and side.wait():
         raise RuntimeError(f"the baseline stage failed: see {out / 'baseline.log'}")
     if set(stages) | ({"baseline"} if side is not None else set()) == set(order):
