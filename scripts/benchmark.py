@@ -437,11 +437,22 @@ def _app_section(out: Path) -> list[str]:
     return L + [""]
 
 
+def _havana_row(out: Path) -> list[str]:
+    f = out / "havana.json"
+    if not f.exists():
+        return []
+    h = json.loads(f.read_text())
+    return [f"| HAVANA head vs plain head, same budget ({h['steps']:,} steps; `scripts/bench_havana.py`) | "
+            f"{_pct(h['havana']['mAP'])} vs {_pct(h['plain']['mAP'])} mAP: {'kept' if h['kept'] else 'not kept'} | "
+            f"mAP stated, kept only if not worse ✅ |"]
+
+
 def report(res: dict, out: Path) -> str:
     L = ["# Benchmarks", "",
          f"Measured by `{res['command']}` on {res['machine']} ({res['date']}), weights `{res['weights']}` "
          f"(preset `{res['preset']}`). {'QUICK mode: subsets, see counts.' if res['quick'] else ''}", "",
-         "## The figures", "", "| figure | measured | target |", "| --- | --- | --- |", *summary_rows(res), ""]
+         "## The figures", "", "| figure | measured | target |", "| --- | --- | --- |", *summary_rows(res),
+         *_havana_row(out), ""]
     r = res.get("reid")
     if r:
         m0 = r["img2id"]
@@ -490,6 +501,22 @@ def report(res: dict, out: Path) -> str:
                       f"{sc['centralized']['p50_ms']:.0f} ms, p95 {sc['centralized']['p95_ms']:.0f} ms (raw search: "
                       f"p95 {sc['raw']['p95_ms']:.0f} ms)."]
         L.append("")
+    hv = out / "havana.json"
+    if hv.exists():
+        h = json.loads(hv.read_text())
+        L += ["## HAVANA's variational identity head vs a plain head, same budget (`python scripts/bench_havana.py`)", "",
+              f"Both heads read the frozen pooled feature of the shipped Img2ID and train for {h['steps']:,} steps of "
+              f"{h['batch']} (same seed, lr {h['lr']:g}); the test feature is z_mu. The variational head adds σ, the "
+              f"Jensen-Shannon triplet (margin 0.5) in place of the Euclidean one, and α(reconstruction + βKL), "
+              f"α = 0.2, β = 1.", "",
+              "| head | test mAP | Rank-1 | training minutes |", "| --- | --- | --- | --- |",
+              f"| shipped Img2ID head (for reference) | {_pct(h['img2id']['mAP'])} | {_pct(h['img2id']['rank1'])} | – |",
+              f"| plain (CE + batch-hard triplet on z_mu) | {_pct(h['plain']['mAP'])} | {_pct(h['plain']['rank1'])} | "
+              f"{h['plain']['minutes']:.1f} |",
+              f"| HAVANA (CE + JS triplet + ELBO) | {_pct(h['havana']['mAP'])} | {_pct(h['havana']['rank1'])} | "
+              f"{h['havana']['minutes']:.1f} |", "",
+              f"Kept (not worse than the plain head): **{'yes' if h['kept'] else 'no'}**. Its σ is what the apps "
+              f"show as \"identity certainty\".", ""]
     c = res.get("consistency")
     if c and "top1" in c:
         L += ["## Generation: identity consistency", "",
