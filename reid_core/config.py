@@ -137,7 +137,8 @@ class UncertaintyConfig:
     plainly (CE + batch-hard triplet on mu), the comparison it must not fall behind."""
     uncertainty_steps: int = 3_000
     uncertainty_lr: float = 1e-3
-    uncertainty_hidden: int = 512
+    uncertainty_hidden: int = 128                    # shared hidden layer of f_mu and f_sigma
+    uncertainty_dim: int = 64                        # z's dimensions
     uncertainty_variational: bool = True
     uncertainty_margin: float = 0.5                  # JS triplet margin (HAVANA: 0.5)
     uncertainty_alpha: float = 0.2                   # weight of the ELBO terms (HAVANA: 0.2)
@@ -208,7 +209,7 @@ _TINY = dict(
     img2noise_batch=16, img2noise_lr=3e-3, img2noise_recon_every=4,
     pose_steps=40, pose_batch=16, pose_lr=2e-3,
     baseline_widths=(8, 16), baseline_steps=40, baseline_lr=1e-2, baseline_pad=1, checkpoint_every=50,
-    uncertainty_steps=60, uncertainty_hidden=32, uncertainty_lr=3e-3)
+    uncertainty_steps=60, uncertainty_hidden=32, uncertainty_dim=16, uncertainty_lr=3e-3)
 
 # What the 2-core CPU trains in its budget (docs/BENCHMARKS.md: the ablation and the curve).
 _CPU = dict(

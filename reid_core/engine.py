@@ -10,6 +10,7 @@ values; tensors, devices and weight files stay inside.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -488,7 +489,7 @@ class ReIDEngine:
 
     @torch.inference_mode()
     def _havana(self, images_u8: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """HAVANA head on uint8 photos: z_mu (N, id_dim) and z_sigma (N, id_dim), each the mean of
+        """HAVANA head on uint8 photos: z_mu (N, latent_dim) and z_sigma (N, latent_dim), each the mean of
         the photo's and its mirror image's."""
         if self.uncertainty is None:
             raise ValueError("these weights hold no uncertainty head (train the 'uncertainty' stage)")
@@ -501,7 +502,7 @@ class ReIDEngine:
             mus.append(((mu[:n] + mu[n:]) / 2).float().cpu().numpy())
             sigmas.append(((sigma[:n] + sigma[n:]) / 2).float().cpu().numpy() if sigma is not None
                           else np.full((n, mu.shape[1]), np.nan, np.float32))
-        empty = np.zeros((0, self.preset.id_dim), np.float32)
+        empty = np.zeros((0, self.uncertainty.config.latent_dim), np.float32)
         return (np.concatenate(mus), np.concatenate(sigmas)) if mus else (empty, empty)
 
     def havana_features(self, images_u8: np.ndarray) -> np.ndarray:
@@ -782,7 +783,12 @@ class ReIDEngine:
         """A short key of the loaded weights (preset, identity table, a slice of each network),
         for caches on disk: gallery features, portraits, examples."""
         if self._fingerprint is None:
-            h = hashlib.sha1(self.preset.to_json().encode())
+            # the preset without the fields of parts the key does not cover (the uncertainty head),
+            # so that adding such a part keeps every cache of the networks below valid
+            from .config import UncertaintyConfig
+            skip = {f.name for f in dataclasses.fields(UncertaintyConfig)}
+            h = hashlib.sha1(json.dumps({k: v for k, v in dataclasses.asdict(self.preset).items() if k not in skip},
+                                        indent=2).encode())
             h.update(np.ascontiguousarray(self.identity_table).tobytes())
             for net in (self.generator, self.prior, self.img2id, self.img2noise):
                 params = list(net.parameters())

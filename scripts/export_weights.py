@@ -2,6 +2,7 @@
 
     python scripts/export_weights.py --run runs/cpu [--baseline-run runs/cpu-baseline] --out weights [--fp16]
     python scripts/export_weights.py --out weights --precomputed-only
+    python scripts/export_weights.py --run runs/unc --out weights --fp16 --only uncertainty
 
 Copies each component's config.json and safetensors (cast to fp16 with --fp16), plus
 preset.json, identities.json, pose_library.json and training_log.json; then loads the
@@ -32,9 +33,11 @@ def keep_fp32(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in KEEP_FP32_TENSORS
 
 
-def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None) -> None:
+def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, only: list[str] | None = None) -> None:
+    """Copy a run's components (or `only` these, adding to a weights folder, with their
+    training-log records) and its files into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    for comp in COMPONENTS:
+    for comp in only or COMPONENTS:
         src = (baseline_run if comp == "baseline" and baseline_run else run) / comp
         if not (src / "config.json").exists():
             print(f"  {comp}: not in the run, skipped")
@@ -48,6 +51,13 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None) -
                 tensors = {k: v.half() if v.is_floating_point() and not keep_fp32(k) else v
                            for k, v in tensors.items()}
             save_file(tensors, dst / st.name, metadata={"format": "pt"})
+    if only:
+        log_file = out / "training_log.json"
+        log = json.loads(log_file.read_text()) if log_file.exists() else {}
+        ran = json.loads((run / "training_log.json").read_text()) if (run / "training_log.json").exists() else {}
+        log.update({k: v for k, v in ran.items() if k in only})
+        atomic_write_json(log_file, log)
+        return
     for f in FILES:
         if (run / f).exists():
             shutil.copy(run / f, out / f)
@@ -136,12 +146,19 @@ def main() -> None:
                     help="the weights folder RUN was started from (--init): its training history is kept")
     ap.add_argument("--precomputed-only", action="store_true",
                     help="only (re)make --out's portraits and identity map")
+    ap.add_argument("--only", nargs="+", default=None, choices=COMPONENTS, metavar="COMPONENT",
+                    help="add just these components of --run to an existing weights folder (e.g. uncertainty: "
+                         "a part the networks' caches do not depend on)")
     a = ap.parse_args()
     if a.precomputed_only:
         print("wrote", *add_precomputed(a.out))
         return
     if a.run is None:
         ap.error("--run is required (unless --precomputed-only)")
+    if a.only:
+        export(a.run, a.out, a.fp16, only=a.only)
+        print(f"added {', '.join(a.only)} of {a.run} to {a.out}")
+        return
     export(a.run, a.out, a.fp16, a.baseline_run)
     if a.continues is not None:
         add_history(a.out, a.run, a.continues)

@@ -38,12 +38,23 @@ def test_js_triplet_is_zero_when_identities_are_apart_and_positive_otherwise():
 
 
 def test_certainty_places_sigma_among_the_training_photos():
-    head = VariationalIdentityHead(in_dim=8, id_dim=4, hidden_dim=8, num_classes=3,
+    head = VariationalIdentityHead(in_dim=8, latent_dim=4, hidden_dim=8, num_classes=3,
                                    sigma_quantiles=list(np.linspace(0.1, 0.3, 21)))
     c = head.certainty([0.05, 0.2, 0.5])
     np.testing.assert_allclose(c, [1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="quantiles"):
-        VariationalIdentityHead(in_dim=8, id_dim=4, hidden_dim=8, num_classes=3).certainty([0.1])
+        VariationalIdentityHead(in_dim=8, latent_dim=4, hidden_dim=8, num_classes=3).certainty([0.1])
+
+
+def test_the_shipped_head_keeps_only_what_inference_needs():
+    torch.manual_seed(0)
+    head = VariationalIdentityHead(in_dim=8, latent_dim=4, hidden_dim=8, num_classes=3).eval()
+    small = head.for_inference()
+    x = torch.randn(5, 8)
+    for a, b in zip(head(x), small(x)):
+        torch.testing.assert_close(a, b)
+    assert not hasattr(small, "decoder") and not hasattr(small, "classifier") and small.config.inference_only
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in head.parameters())
 
 
 def test_uncertainty_stage_ships_a_head_the_engine_uses(tiny_weights, synthetic_market):
@@ -51,6 +62,7 @@ def test_uncertainty_stage_ships_a_head_the_engine_uses(tiny_weights, synthetic_
     from reid_core.evaluate import evaluate
     engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
     assert engine.uncertainty is not None and engine.uncertainty.config.variational
+    assert engine.uncertainty.config.inference_only
     q = np.asarray(engine.uncertainty.config.sigma_quantiles)
     assert len(q) == 21 and np.all(np.diff(q) >= 0) and q[0] > 0
     photos = sorted((synthetic_market / "query").glob("*.jpg"))[:3]
@@ -62,3 +74,40 @@ def test_uncertainty_stage_ships_a_head_the_engine_uses(tiny_weights, synthetic_
     assert again.sigma == pytest.approx(sure[0].sigma, rel=1e-5)
     res = evaluate(engine, synthetic_market, "havana", progress=False)
     assert 0 < res["mAP"] <= 1
+
+
+def test_the_head_is_added_to_a_weights_folder_without_touching_the_rest(tiny_weights, tmp_path):
+    """export_weights.py --only uncertainty: fp16 head in, training-log record kept, every cache key
+    (the engine fingerprint) unchanged."""
+    import importlib.util
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from reid_core.engine import ReIDEngine
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("export_script", root / "scripts" / "export_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        w = tmp_path / "w"
+        shutil.copytree(tiny_weights, w)
+        shutil.rmtree(w / "uncertainty")
+        log = json.loads((w / "training_log.json").read_text())
+        (w / "training_log.json").write_text(json.dumps({k: v for k, v in log.items() if k != "uncertainty"}))
+        before = ReIDEngine.from_pretrained(w, device="cpu")
+        assert before.uncertainty is None and before.certainty_or_none(before.generate(0)[0]) is None
+        mod.export(tiny_weights, w, fp16=True, only=["uncertainty"])
+    finally:
+        sys.modules.pop(spec.name, None)
+    tensors = load_file(w / "uncertainty" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for k, v in tensors.items() if k.endswith("weight") and v.ndim == 2)
+    assert all(v.dtype == torch.float32 for k, v in tensors.items() if "running" in k)
+    after = ReIDEngine.from_pretrained(w, device="cpu")
+    assert after.fingerprint == before.fingerprint and after.uncertainty is not None
+    logged = json.loads((w / "training_log.json").read_text())
+    assert "uncertainty" in logged and set(log) - {"uncertainty"} <= set(logged)

@@ -88,7 +88,9 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
         return resume and has_component(out, STAGE_OUTPUTS[stage])
 
     def load(component):
-        return load_component(out, component).to(device)
+        """A component this run trained, else the one --init starts from (a stage run alone)."""
+        src = out if has_component(out, component) or init is None else init
+        return load_component(src, component).to(device)
 
     kw = dict(init=init, device=device, resume=resume, progress=progress)
     for stage in stages:

@@ -3,7 +3,8 @@
     L = CE(cls(z_mu)) + L_JS-triplet(z_mu, z_sigma; margin 0.5) + alpha (L_recon + beta KL)
 
 The pooled features of every training crop and its mirror image are computed once (the
-trunk is frozen), so a step costs only the head: the whole stage takes minutes. With
+trunk is frozen), so a step costs only the head: the whole stage takes minutes. What is saved
+is the head without its training-only parts (decoder, classifier). With
 `uncertainty_variational=False` the same head trains plainly (CE + batch-hard triplet on
 z_mu): the comparison it must not fall behind. At the end the head stores the percentiles
 of the mean sigma over the training photos, which turn a new photo's sigma into "surer than
@@ -33,8 +34,9 @@ def train_uncertainty(data: TrainData, img2id, preset: Preset, out: Path, *, dev
     torch.manual_seed(preset.seed)
     img2id = img2id.to(device).eval().requires_grad_(False)
     pooled = pooled_features(img2id, data.crops, device, progress=progress)      # (2, N, F): plain, mirrored
-    head = VariationalIdentityHead(in_dim=img2id.feature_dim, id_dim=preset.id_dim, hidden_dim=preset.uncertainty_hidden,
-                                   num_classes=data.num_ids, variational=preset.uncertainty_variational).to(device)
+    head = VariationalIdentityHead(in_dim=img2id.feature_dim, latent_dim=preset.uncertainty_dim,
+                                   hidden_dim=preset.uncertainty_hidden, num_classes=data.num_ids,
+                                   variational=preset.uncertainty_variational).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=preset.uncertainty_lr, weight_decay=5e-4)
     steps = preset.uncertainty_steps
     sampler = PKSampler(data.labels, min(16, data.num_ids), 4)
@@ -66,6 +68,7 @@ def train_uncertainty(data: TrainData, img2id, preset: Preset, out: Path, *, dev
             sig = torch.cat([head(pooled[0, i:i + 1024].to(device))[1] for i in range(0, pooled.shape[1], 1024)])
         quantiles = np.quantile(sig.mean(1).cpu().numpy(), np.linspace(0, 1, 21))
         head.register_to_config(sigma_quantiles=[float(v) for v in quantiles])
+    head = head.for_inference()      # the decoder and classifier only train
     finish(head, out, component)
     write_log(out, component, loss_record(history, loop.minutes, variational=preset.uncertainty_variational))
     return head
