@@ -167,7 +167,9 @@ def certainty_note(certainty) -> str:
     """HAVANA's "how sure is this identity", for a caption ("" when the weights lack the head)."""
     if certainty is None:
         return ""
-    return f" · identity certainty: **{certainty.label}**, mean σ {certainty.sigma:.3f}"
+    return (f" · identity certainty: **{certainty.label}**, mean σ {certainty.sigma:.3f} (HAVANA's spread of "
+            f"the identity estimate; measured, it does not tell right from wrong matches: read it as how "
+            f"typical the photo is, not as a guarantee)")
 
 
 def centralize_label(engine) -> str:

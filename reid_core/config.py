@@ -143,6 +143,7 @@ class UncertaintyConfig:
     uncertainty_margin: float = 0.5                  # JS triplet margin (HAVANA: 0.5)
     uncertainty_alpha: float = 0.2                   # weight of the ELBO terms (HAVANA: 0.2)
     uncertainty_beta: float = 1.0                    # weight of KL inside the ELBO (HAVANA: 1.0)
+    uncertainty_sampled_ce: bool = False             # CE on a sample z ~ N(mu, sigma^2) (DUL) instead of on mu
 
 
 COMPONENTS = (GeneratorConfig, JointConfig, PriorConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, BaselineConfig,

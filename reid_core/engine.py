@@ -81,7 +81,7 @@ class Certainty:
     @property
     def label(self) -> str:
         word = "high" if self.certainty >= 2 / 3 else "medium" if self.certainty >= 1 / 3 else "low"
-        return f"{word} (surer than {self.certainty:.0%} of the training photos)"
+        return f"{word} (σ below that of {self.certainty:.0%} of the training photos)"
 
 
 @dataclass

@@ -30,10 +30,14 @@ STAGE = "uncertainty"
 
 
 def train_uncertainty(data: TrainData, img2id, preset: Preset, out: Path, *, device: str = "cpu",
-                      resume: bool = False, progress: bool = True, component: str = STAGE) -> VariationalIdentityHead:
+                      resume: bool = False, progress: bool = True, component: str = STAGE,
+                      pooled: torch.Tensor | None = None) -> VariationalIdentityHead:
+    """`pooled`: Img2ID's pooled features of `data.crops` and their mirror images (2, N, F),
+    when already computed (scripts/bench_havana.py trains several heads on one set)."""
     torch.manual_seed(preset.seed)
     img2id = img2id.to(device).eval().requires_grad_(False)
-    pooled = pooled_features(img2id, data.crops, device, progress=progress)      # (2, N, F): plain, mirrored
+    if pooled is None:
+        pooled = pooled_features(img2id, data.crops, device, progress=progress)  # (2, N, F): plain, mirrored
     head = VariationalIdentityHead(in_dim=img2id.feature_dim, latent_dim=preset.uncertainty_dim,
                                    hidden_dim=preset.uncertainty_hidden, num_classes=data.num_ids,
                                    variational=preset.uncertainty_variational).to(device)
@@ -51,11 +55,12 @@ def train_uncertainty(data: TrainData, img2id, preset: Preset, out: Path, *, dev
         x = pooled[flip, idx].to(device)
         y = labels[idx].to(device)
         mu, sigma = head(x)
-        ce = label_smoothed_ce(head.logits(mu), y)
         if sigma is None:
+            ce = label_smoothed_ce(head.logits(mu), y)
             return {"loss": ce + batch_hard_triplet_loss(mu, y, preset.triplet_margin), "ce": ce}
-        js = batch_hard_js_triplet_loss(mu, sigma, y, preset.uncertainty_margin)
         z = mu + torch.randn(mu.shape, generator=g).to(device) * sigma
+        ce = label_smoothed_ce(head.logits(z if preset.uncertainty_sampled_ce else mu), y)
+        js = batch_hard_js_triplet_loss(mu, sigma, y, preset.uncertainty_margin)
         recon = F.mse_loss(head.decode(z), x)
         kl = gaussian_kl_to_standard(mu, sigma)
         elbo = recon + preset.uncertainty_beta * kl
