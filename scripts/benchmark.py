@@ -86,7 +86,8 @@ def bench_centralization(engine, data, quick: bool) -> dict:
     time of one centralized search (an uploaded photo against 1,505 cached gallery features)."""
     if not engine.has_pose_model:
         return {"skipped": "no pose generator in these weights"}
-    posts = ["raw", *(f"pose{m}" for m in CENTRALIZE_M), "nfc+rerank", *(f"pose{m}+nfc+rerank" for m in CENTRALIZE_M)]
+    posts = ["raw", *(f"pose{m}" for m in CENTRALIZE_M), "nfc", "rerank", "nfc+rerank",
+             *(f"pose{m}+nfc+rerank" for m in CENTRALIZE_M)]
     out = {}
     for model in ("img2id", "baseline"):
         if model == "baseline" and engine.baseline is None:

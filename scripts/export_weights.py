@@ -56,6 +56,11 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, o
         log = json.loads(log_file.read_text()) if log_file.exists() else {}
         ran = json.loads((run / "training_log.json").read_text()) if (run / "training_log.json").exists() else {}
         log.update({k: v for k, v in ran.items() if k in only})
+        history = [h for h in log.get("history", []) if h.get("what") not in only]    # re-adding replaces
+        history += [{"run": str(run), "what": k, "steps": ran[k]["steps"], "minutes": ran[k]["minutes"]}
+                    for k in only if k in ran]
+        if "history" in log or history:
+            log["history"] = history
         atomic_write_json(log_file, log)
         return
     for f in FILES:

@@ -111,3 +111,4 @@ def test_the_head_is_added_to_a_weights_folder_without_touching_the_rest(tiny_we
     assert after.fingerprint == before.fingerprint and after.uncertainty is not None
     logged = json.loads((w / "training_log.json").read_text())
     assert "uncertainty" in logged and set(log) - {"uncertainty"} <= set(logged)
+    assert logged["history"][-1]["what"] == "uncertainty"    # counted in the weights' training time
