@@ -174,7 +174,9 @@ def certainty_note(certainty) -> str:
 
 def centralize_label(engine) -> str:
     c = engine.centralization
-    return f"Pose2ID centralization ({c['poses']} poses)" if c else "Pose2ID centralization"
+    if not c:
+        return "Pose2ID centralization"
+    return f"Pose2ID centralization ({c['poses']} pose{'s' if c['poses'] != 1 else ''})"
 
 
 def centralize_note(engine, used: bool) -> str:
@@ -183,8 +185,8 @@ def centralize_note(engine, used: bool) -> str:
         return ""
     c = engine.centralization
     return (f" Ranked with **Pose2ID centralization**: the query and every gallery photo redrawn in {c['poses']} "
-            f"poses, each feature pulled towards its views' (η = {c['eta']:g}); the numbers shown stay the raw "
-            f"Img2ID distances.")
+            f"pose{'s' if c['poses'] != 1 else ''}, each feature pulled towards its views' (η = {c['eta']:g}); the "
+            f"numbers shown stay the raw Img2ID distances.")
 
 
 def name_identity(photo) -> tuple[int, int]:
