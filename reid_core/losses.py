@@ -35,15 +35,20 @@ def batch_hard_triplet_loss(features: torch.Tensor, labels: torch.Tensor,
 
     features (B, D) float, labels (B,) int -> scalar.
     """
-    dist = pairwise_euclidean(features)
+    return _batch_hard(pairwise_euclidean(features), labels, margin, features)
+
+
+def _batch_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float | None, source: torch.Tensor) -> torch.Tensor:
+    """The batch-hard triplet on any (B, B) distance: each anchor's farthest positive against its
+    nearest negative; `source` keeps an empty result attached to the graph."""
     same = labels[:, None] == labels[None, :]
-    # The anchor itself (distance ~1e-6) counts as a positive; harmless since any real
+    # The anchor itself (distance ~0) counts as a positive; harmless since any real
     # positive is farther, and it keeps d_ap defined for singleton identities.
     d_ap = dist.masked_fill(~same, float("-inf")).amax(dim=1)
     d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
     valid = torch.isfinite(d_an)
     if not bool(valid.any()):
-        return features.sum() * 0.0
+        return source.sum() * 0.0
     diff = d_ap[valid] - d_an[valid]
     if margin is None:
         return F.softplus(diff).mean()
@@ -76,14 +81,7 @@ def batch_hard_js_triplet_loss(mu: torch.Tensor, sigma: torch.Tensor, labels: to
     """HAVANA's Jensen-Shannon triplet (eq. 9), batch-hard: max(0, JS(a, p) - JS(a, n) + margin)
     with the farthest positive and nearest negative of each anchor. The divergence is squashed
     to 1 - exp(-JS), in [0, 1) as the paper's bounded JS, so the margin keeps its scale."""
-    d = 1 - torch.exp(-gaussian_js_divergence(mu, sigma))
-    same = labels[:, None] == labels[None, :]
-    d_ap = d.masked_fill(~same, float("-inf")).amax(dim=1)
-    d_an = d.masked_fill(same, float("inf")).amin(dim=1)
-    valid = torch.isfinite(d_an)
-    if not bool(valid.any()):
-        return mu.sum() * 0.0
-    return F.relu(d_ap[valid] - d_an[valid] + margin).mean()
+    return _batch_hard(1 - torch.exp(-gaussian_js_divergence(mu, sigma)), labels, margin, mu)
 
 
 def gaussian_kl_to_standard(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
