@@ -672,7 +672,8 @@ class ReIDEngine:
             return Image.new("RGB", (w, h), (200, 200, 200))
 
     # ------------------------------------------------------------ Pose2ID centralization
-    def centralize(self, crops_u8: np.ndarray, images_u8: np.ndarray | None = None) -> np.ndarray:
+    def centralize(self, crops_u8: np.ndarray, images_u8: np.ndarray | None = None,
+                   features: np.ndarray | None = None) -> np.ndarray:
         """Pose2ID features of photos (uint8 at `embed_size`; `images_u8` the same at the model's
         size): Img2ID pulled towards the mean Img2ID of the photo redrawn in the first M library
         poses with its own noise, normalize(f + eta * mean_i f_i), M and eta from
@@ -685,7 +686,8 @@ class ReIDEngine:
                              "--choose-centralization)")
         views = self.pose_views(crops_u8, images_u8, poses=range(int(c["poses"])), steps=int(c["steps"]))
         vf = self.embed_arrays(views.reshape(-1, *views.shape[2:])).reshape(len(views), views.shape[1], -1)
-        return pose_centralize(self.embed_arrays(crops_u8), vf, float(c["eta"]))
+        f = self.embed_arrays(crops_u8) if features is None else features   # Img2ID, when already known
+        return pose_centralize(f, vf, float(c["eta"]))
 
     def centralize_gallery(self, gallery: Gallery | None = None, progress: ProgressFn | None = None,
                            use_cache: bool = True) -> Gallery:
@@ -747,7 +749,7 @@ class ReIDEngine:
         d = np.concatenate([pairwise_distance(q, g.features)[0] for _, g in sources])
         rank_d = d
         if centralize:
-            qc = self.centralize(crop[None], self.prepare(query)[None])
+            qc = self.centralize(crop[None], self.prepare(query)[None], features=q)
             rank_d = np.concatenate([pairwise_distance(qc, self.centralize_gallery(g).centralized)[0]
                                      for _, g in sources])
         if skip_camera is not None and skip_camera >= 0:

@@ -161,9 +161,9 @@ def evaluate_variants(engine, data, model: str = "img2id", progress: bool = True
         if centralization is None:
             centralization = choose_centralization(engine, data, model, progress=progress)
         views = []
-        for split in ("query", "gallery"):
-            crops = load_split(data, split, engine.embed_size, progress=progress)
-            small = load_split(data, split, engine.image_size, progress=progress)
+        for split, loaded in (("query", q), ("gallery", g)):   # the views need both sizes: reuse the one loaded
+            crops = loaded if size == engine.embed_size else load_split(data, split, engine.embed_size, progress=progress)
+            small = loaded if size == engine.image_size else load_split(data, split, engine.image_size, progress=progress)
             v = cached_views(engine, split, crops.images, small.images, progress=progress)
             views.append(embed_with(engine, model, v.reshape(-1, *v.shape[2:])).reshape(len(v), v.shape[1], -1))
         qv, gv = views
