@@ -144,6 +144,7 @@ def bench_speed(engine, weights: Path, quick: bool) -> dict:
     photo = Image.fromarray(q.images[0]) if q is not None else engine.generate(0, seed=0)[0]
     r = 10 if quick else 30
     res = {
+        "threads": torch.get_num_threads(),  # sections may be measured by runs with other thread counts
         "generate_1": timeit(lambda: engine.generate(0, seed=0), r),
         "generate_8": timeit(lambda: engine.generate(0, seed=list(range(8))), max(5, r // 2)),
         "invert_1": timeit(lambda: engine.invert(photo), r),
@@ -339,6 +340,11 @@ def _pct(x):
     return f"{100 * x:.1f}%"
 
 
+def _earlier(section: dict) -> str:
+    """A section kept from a run on other weights says so (`measured_on`, set when merging)."""
+    return f" (measured on {section['measured_on']})" if section.get("measured_on") else ""
+
+
 def _mark(ok: bool) -> str:
     return "✅" if ok else "❌"
 
@@ -383,7 +389,8 @@ def summary_rows(res: dict) -> list[str]:
         sc = ce["search"]
         p95 = sc["centralized"]["p95_ms"] / 1000
         out.append(f"| search with centralization (M = {sc['settings']['poses']}), one photo against {sc['gallery']:,} "
-                   f"cached gallery features, {sc['threads']} threads | {p95:.2f} s p95 | ≤ 1 s {_mark(p95 <= 1)} |")
+                   f"cached gallery features, {sc['threads']} threads{_earlier(res['centralization'])} | {p95:.2f} s p95 | "
+                   f"≤ 1 s {_mark(p95 <= 1)} |")
     if "verdict" in rv:
         out.append(f"| same/different verification ROC AUC, test pairs | {rv['verdict']['roc_auc']:.3f} | ≥ 0.90 "
                    f"{_mark(rv['verdict']['roc_auc'] >= 0.90)} |")
@@ -398,7 +405,7 @@ def summary_rows(res: dict) -> list[str]:
                    f"{w:.0f} min wall | ≤ 120 min {_mark(w <= T['training_wall_min'])} |")
     if "generate_1" in s:
         g = s["generate_1"]["p50_ms"]
-        out.append(f"| generate one 64x32 image, {res.get('sample_steps', 10)} steps, {res['threads']} threads | "
+        out.append(f"| generate one 64x32 image, {res.get('sample_steps', 10)} steps, {res['speed'].get('threads', res['threads'])} threads | "
                    f"{g:.0f} ms p50 | ≤ 100 ms {_mark(g <= T['generate_1_p50_ms'])} |")
     if "weights_mb" in res:
         out.append(f"| `weights/` | {res['weights_mb']:.1f} MB, safetensors | ≤ 24 MB {_mark(res['weights_mb'] <= 24)} |")
@@ -484,7 +491,7 @@ def report(res: dict, out: Path) -> str:
         L.append("")
     ce = res.get("centralization")
     if ce and "img2id" in ce:
-        L += ["## Pose2ID feature centralization (`reid_core/evaluate.py`, `engine.centralize`)", "",
+        L += ["## Pose2ID feature centralization (`reid_core/evaluate.py`, `engine.centralize`)", "", *([f"Measured on {res['centralization']['measured_on']}.", ""] if res["centralization"].get("measured_on") else []),
               "Each query and gallery photo is redrawn in the first M library poses with its own identity (Img2ID) "
               "and its own noise (Img2Noise), 5 DDIM steps; its feature becomes normalize(f + η · mean of the "
               "views' features). η ∈ {0.25, 0.5, 1, 2} is chosen for each M on 100 held-out TRAINING identities "

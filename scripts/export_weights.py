@@ -97,7 +97,8 @@ def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
 
 STAGE_WHAT = {"joint": "joint stage (generator on the table; Img2ID's head and the table at a low rate)",
               "generator": "generator", "prior": "identity prior", "img2id": "Img2ID", "img2noise": "Img2Noise",
-              "pose": "pose guider (fine-tuned generator copy)"}
+              "pose": "pose guider (fine-tuned generator copy)",
+              "uncertainty": "uncertainty head (HAVANA)"}
 
 
 def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
