@@ -341,7 +341,9 @@ def _pct(x):
 
 
 def _earlier(section: dict) -> str:
-    """A section kept from a run on other weights says so (`measured_on`, set when merging)."""
+    """" (measured on ...)" for a section kept in benchmarks.json from other weights: its
+    `measured_on` is written by whoever keeps it there (a merge cannot tell which weights an
+    earlier section saw); empty otherwise."""
     return f" (measured on {section['measured_on']})" if section.get("measured_on") else ""
 
 
@@ -389,7 +391,7 @@ def summary_rows(res: dict) -> list[str]:
         sc = ce["search"]
         p95 = sc["centralized"]["p95_ms"] / 1000
         out.append(f"| search with centralization (M = {sc['settings']['poses']}), one photo against {sc['gallery']:,} "
-                   f"cached gallery features, {sc['threads']} threads{_earlier(res['centralization'])} | {p95:.2f} s p95 | "
+                   f"cached gallery features, {sc['threads']} threads{_earlier(ce)} | {p95:.2f} s p95 | "
                    f"≤ 1 s {_mark(p95 <= 1)} |")
     if "verdict" in rv:
         out.append(f"| same/different verification ROC AUC, test pairs | {rv['verdict']['roc_auc']:.3f} | ≥ 0.90 "
@@ -491,7 +493,8 @@ def report(res: dict, out: Path) -> str:
         L.append("")
     ce = res.get("centralization")
     if ce and "img2id" in ce:
-        L += ["## Pose2ID feature centralization (`reid_core/evaluate.py`, `engine.centralize`)", "", *([f"Measured on {res['centralization']['measured_on']}.", ""] if res["centralization"].get("measured_on") else []),
+        L += ["## Pose2ID feature centralization (`reid_core/evaluate.py`, `engine.centralize`)", "",
+              *([f"Measured on {ce['measured_on']}.", ""] if ce.get("measured_on") else []),
               "Each query and gallery photo is redrawn in the first M library poses with its own identity (Img2ID) "
               "and its own noise (Img2Noise), 5 DDIM steps; its feature becomes normalize(f + η · mean of the "
               "views' features). η ∈ {0.25, 0.5, 1, 2} is chosen for each M on 100 held-out TRAINING identities "
