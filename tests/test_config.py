@@ -56,3 +56,20 @@ def test_overrides_and_unknown_fields():
         Preset.from_dict({"gen_lr": 1e-3, "not_a_field": 1})
     with pytest.raises(ValueError, match="recipe"):
         Preset(recipe="nope")
+
+
+def test_two_downstream_invocations_each_record_only_their_own_fields(tmp_path):
+    """Pose in one process and img2noise in another, each with its own step count: the run's
+    preset.json ends with both (whichever wrote last), and a shared field that disagrees with
+    what the earlier stages trained with is refused plainly."""
+    from reid_core.training.pipeline import RECIPE_STAGES, record_preset
+    path, order = tmp_path / "preset.json", RECIPE_STAGES["joint"]
+    record_preset(path, get_preset("tiny", seed=5), order, order)
+    record_preset(path, get_preset("tiny", seed=5, pose_steps=11, img2noise_steps=999), ["pose"], order)
+    record_preset(path, get_preset("tiny", seed=5, img2noise_steps=22, synth_images=33, pose_steps=999),
+                  ["prior", "img2noise", "uncertainty"], order)
+    saved = Preset.load(path)
+    assert (saved.pose_steps, saved.img2noise_steps, saved.synth_images, saved.seed) == (11, 22, 33, 5)
+    with pytest.raises(ValueError, match="seed"):
+        record_preset(path, get_preset("tiny", seed=0), ["pose"], order)
+    assert Preset.load(path) == saved

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..config import Preset
+from ..config import (BaselineConfig, GeneratorConfig, Img2IDConfig, Img2NoiseConfig, JointConfig, PoseConfig,
+                      Preset, PriorConfig, UncertaintyConfig)
 from ..io import atomic_write_json
 from ..weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_component, load_component
 
@@ -27,6 +28,41 @@ STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "generator": "genera
                  "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder", "uncertainty": "uncertainty"}
 DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npz")
 _SCHEDULE_FIELDS = ("_steps", "checkpoint_every", "snapshot_every")
+# the preset fields each stage trains with (the rest are shared by every stage)
+STAGE_CONFIGS = {"baseline": (BaselineConfig,), "joint": (GeneratorConfig, JointConfig, Img2IDConfig),
+                 "generator": (GeneratorConfig,), "prior": (PriorConfig,), "img2id": (Img2IDConfig,),
+                 "img2noise": (Img2NoiseConfig, "synth_images"), "pose": (PoseConfig,),
+                 "uncertainty": (UncertaintyConfig,)}
+
+
+def _stage_fields(stage: str) -> set[str]:
+    return {name for c in STAGE_CONFIGS[stage]
+            for name in ([c] if isinstance(c, str) else [f.name for f in dataclasses.fields(c)])}
+
+
+def record_preset(path: Path, preset: Preset, stages, recipe_stages) -> None:
+    """Write what the run's components were trained with. An invocation training only some
+    stages (say pose in one process, img2noise in another) updates only those stages'
+    fields of an existing record, under a lock: the record never claims values that no
+    stage trained with, whichever process writes last. Shared fields (sizes, seed, sampling)
+    must agree with the record then."""
+    import fcntl
+    path = Path(path)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists() or set(stages) >= set(recipe_stages):
+            preset.save(path)
+            return
+        saved = Preset.load(path)
+        own = set().union(*(_stage_fields(s) for s in stages)) if stages else set()
+        every = set().union(*(_stage_fields(s) for s in STAGE_CONFIGS))
+        shared = [f.name for f in dataclasses.fields(Preset)
+                  if f.name not in every and getattr(saved, f.name) != getattr(preset, f.name)
+                  and not f.name.endswith(_SCHEDULE_FIELDS)]
+        if shared:
+            raise ValueError(f"{path} was trained with other {', '.join(shared)}; train the remaining stages "
+                             f"with --preset-file {path} (and --set for their own fields), or use a new --out")
+        dataclasses.replace(saved, **{k: getattr(preset, k) for k in own}).save(path)
 
 
 def check_resumable(saved: Preset, asked: Preset, where) -> None:
@@ -73,7 +109,7 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / PRESET_FILE).exists():
         check_resumable(Preset.load(out / PRESET_FILE), preset, out / PRESET_FILE)
-    preset.save(out / PRESET_FILE)
+    record_preset(out / PRESET_FILE, preset, stages, order)
     data_ = load_train_data(data, preset, progress)
     import numpy as np
     atomic_write_json(out / IDENTITIES_FILE, {"pids": np.unique(data_.pids).tolist()})
