@@ -54,6 +54,8 @@ class JointConfig:
     dcac_tau: float = 0.6                            # c = softmax(logits / tau) . table
     cond_from_image: float = 0.5                     # share of samples conditioned on Img2ID(x) itself
     joint_head_lr: float = 1e-4                      # Img2ID head (and the table) during the generator phase
+    id_loss_weight: float = 0.0                      # CE of the frozen Img2ID on the predicted clean image
+    id_loss_max_t: int = 700                         # ... for samples noised below this timestep
 
 
 @dataclass

@@ -13,7 +13,7 @@ from reid_core.evaluate import generate_rows
 from reid_core.schedule import make_scheduler
 from reid_core.training import train
 from reid_core.training.common import new_generator, new_img2id
-from reid_core.training.joint import dcac_condition, joint_generator_loss
+from reid_core.training.joint import dcac_condition, joint_generator_loss, recognition_loss
 from reid_core.training.loop import load_checkpoint, warmup_cosine
 from reid_core.weights import load_component
 
@@ -60,6 +60,36 @@ def test_joint_stage_diffusion_gradients_reach_img2id_and_the_table():
     assert table_grad is not None and table_grad.abs().sum() > 0
     assert all(g is not None for g in head_grads) and sum(g.abs().sum() for g in head_grads) > 0
     assert all(p.grad is None for n, p in enc.named_parameters() if n.startswith("trunk"))
+
+
+def test_recognition_loss_trains_the_generator_not_the_recogniser():
+    """With `id_loss_weight`, Img2ID (frozen, eval mode) recognises the generator's predicted
+    clean image: the gradient reaches the U-Net (and, through the condition c, what c is made
+    of, as the diffusion loss does), never Img2ID as a recogniser: no trunk gradient, no BN
+    statistics moved, and the recogniser alone passes gradient only to the image."""
+    preset = get_preset("tiny", cond_from_image=0.0, identity_dropout=0.0, id_loss_weight=1.0, id_loss_max_t=1000)
+    torch.manual_seed(0)
+    gen, enc = new_generator(preset, num_ids=4), new_img2id(preset)
+    torch.nn.init.normal_(gen.body.head.weight, std=0.1)
+    x0 = torch.rand(8, 3, *preset.image_size) * 2 - 1
+    pooled = enc.pooled(x0).detach()
+    y = torch.arange(4).repeat(2)
+    buffers = {n: b.clone() for n, b in enc.named_buffers()}
+    losses = joint_generator_loss(gen, enc, make_scheduler(), x0, pooled, y, preset, torch.Generator().manual_seed(0))
+    assert enc.training and losses["identity"] > 0
+    losses["identity"].backward()  # the recognition term alone
+    unet_grad = sum(p.grad.abs().sum() for n, p in gen.named_parameters()
+                    if p.grad is not None and not n.startswith("identity_embedding"))
+    assert unet_grad > 0
+    assert all(p.grad is None for n, p in enc.named_parameters() if n.startswith("trunk"))
+    assert all(torch.equal(b, buffers[n]) for n, b in enc.named_buffers())
+
+    enc.zero_grad(set_to_none=True)
+    table = gen.identity_embedding.weight.detach().clone().requires_grad_(True)
+    images = x0.clone().requires_grad_(True)
+    recognition_loss(enc, images, table, y, preset).backward()
+    assert images.grad.abs().sum() > 0
+    assert table.grad is None and all(p.grad is None for p in enc.parameters())
 
 
 @pytest.fixture(scope="module")

@@ -112,13 +112,17 @@ def _plain(v):
 
 def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: torch.Generator,
                    loss: str = "l1", drop_identity: torch.Tensor | None = None,
-                   extra_features: torch.Tensor | None = None, snr_gamma: float = 0.0) -> torch.Tensor:
+                   extra_features: torch.Tensor | None = None, snr_gamma: float = 0.0,
+                   with_x0: bool = False):
     """Paper Sec. 3: noise x0 at a uniform random level, predict the noise (or v, as the
     model's `prediction_type` says), L1 (or MSE).
 
     `snr_gamma` > 0 weighs each sample by Min-SNR-gamma (Hang et al. 2023), which keeps the
     many nearly clean levels from dominating: min(SNR, gamma) / SNR for the noise,
     min(SNR, gamma) / (SNR + 1) for v.
+
+    `with_x0`: returns (loss, x0_hat, t), the model's estimate of the clean image (with
+    gradient) and each sample's timestep.
     """
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(x0),), generator=gen)
     eps = torch.randn(x0.shape, generator=gen).to(x0.device)
@@ -134,7 +138,12 @@ def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: t
         acp = sched.alphas_cumprod.to(x0.device)[tt].float()
         snr = acp / (1 - acp)
         err = err * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
-    return err.mean()
+    if not with_x0:
+        return err.mean()
+    acp = sched.alphas_cumprod.to(x0.device)[tt].float()[:, None, None, None]
+    pred = pred.float()
+    x0_hat = acp.sqrt() * x_t - (1 - acp).sqrt() * pred if v_pred else (x_t - (1 - acp).sqrt() * pred) / acp.sqrt()
+    return err.mean(), x0_hat, t
 
 
 def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,32 @@ def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor
     c = torch.where(own[:, None], f, c)
     drop = (torch.rand(len(y), generator=g) < preset.identity_dropout).to(x0.device) \
         if preset.identity_dropout else None
-    diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma)
-    return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
+    if not preset.id_loss_weight:
+        diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma)
+        return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
+    diff, x0_hat, t = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma,
+                                     with_x0=True)
+    keep = (t.to(x0.device) < preset.id_loss_max_t) & (True if drop is None else ~drop)
+    ident = recognition_loss(enc, x0_hat[keep].clamp(-1, 1), table, y[keep], preset) if keep.any() \
+        else x0_hat.new_zeros(())
+    return {"loss": diff + disc + preset.id_loss_weight * ident, "diffusion": diff, "identity": ident,
+            "acc": (logits.argmax(1) == y).float().mean()}
+
+
+def recognition_loss(enc, images: torch.Tensor, table: torch.Tensor, y: torch.Tensor, preset: Preset):
+    """CE of Img2ID, frozen and in eval mode, recognising identity y in generated images
+    (B, 3, H, W). The gradient goes only to the images (so to the generator, and through
+    its condition c to what c is made of, as the diffusion loss's does): Img2ID as a
+    recogniser is never trained on generated images, what makes an identity recognisable
+    stays what real images taught it."""
+    frozen = {n: t.detach() for n, t in [*enc.named_parameters(), *enc.named_buffers()]}
+    was = enc.training
+    enc.eval()
+    try:
+        f = torch.func.functional_call(enc, frozen, (images,))
+    finally:
+        enc.train(was)
+    return F.cross_entropy(prototype_logits(f, table.detach(), preset.proto_scale), y)
 
 
 @torch.no_grad()
