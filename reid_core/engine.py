@@ -169,6 +169,7 @@ class ReIDEngine:
         # classifier-free guidance only where the generator learned a null identity
         self.guidance_scale = float(preset.guidance_scale) if generator.supports_guidance else 1.0
         self.guidance_steps = preset.guidance_steps or None
+        self.swap_guidance_scale = float(preset.swap_guidance_scale)
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
@@ -267,13 +268,14 @@ class ReIDEngine:
     # ------------------------------------------------------------ generation
     @torch.inference_mode()
     def generate(self, identity, seed: int | Sequence[int] | None = 0, noise: np.ndarray | None = None,
-                 steps: int | None = None, pose=None) -> list[Image.Image]:
+                 steps: int | None = None, pose=None, guidance_scale: float | None = None) -> list[Image.Image]:
         """GEN(identity, noise[, pose]) -> list of PIL images at model size.
 
         identities (N) and seeds/noises (M) broadcast: N == 1 or M == 1 or N == M.
         `pose`: None (the identity-only generator), an index into `pose_library()`,
         (18, 3) OpenPose keypoints (x, y as fractions, confidence), or a photo whose
-        pose is extracted (PoseNotFound when it shows no person).
+        pose is extracted (PoseNotFound when it shows no person). `guidance_scale`: instead
+        of the engine's own (only where the generator learned a null identity).
         """
         ids = self.resolve_identity(identity)
         if noise is None:
@@ -293,10 +295,12 @@ class ReIDEngine:
                 z = np.repeat(z, n, 0)
             else:
                 raise ValueError(f"{n} identities and {m} noises do not broadcast")
-        x = self._sample(torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device), steps, pose)
+        x = self._sample(torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device), steps, pose,
+                         guidance_scale)
         return [Image.fromarray(a) for a in to_uint8(x)]
 
-    def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None) -> torch.Tensor:
+    def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None,
+                guidance_scale: float | None = None) -> torch.Tensor:
         """GEN on tensors: identities (B, id_dim), noises (B, 3, H, W) -> images in [-1, 1]."""
         steps = steps or self.preset.sample_steps
         if not 1 <= steps <= 1000:
@@ -307,7 +311,9 @@ class ReIDEngine:
             feats = self._pose_features(self.resolve_pose(pose)).expand(len(ids), -1, -1, -1)
             net, extra_fn = self.pose_generator, (lambda: feats)
         with self._sampling_precision():
-            return ddim_sample(net, ids, z, steps, extra_features_fn=extra_fn, guidance_scale=self.guidance_scale,
+            scale = self.guidance_scale if guidance_scale is None or not self.generator.supports_guidance \
+                else float(guidance_scale)
+            return ddim_sample(net, ids, z, steps, extra_features_fn=extra_fn, guidance_scale=scale,
                                guidance_steps=self.guidance_steps)
 
     @torch.inference_mode()
@@ -389,7 +395,15 @@ class ReIDEngine:
         Img2ID is taken) rendered on the noise (pose, background, light) of `photo`."""
         if not isinstance(identity, (int, np.integer, np.ndarray, list, tuple)):
             identity = self.embed([identity])[0]
-        return self.generate(identity, noise=self.invert(photo, method).noise)[0]
+        return self.swap_arrays(identity, self.invert(photo, method).noise)[0]
+
+    @torch.inference_mode()
+    def swap_arrays(self, identities, noises: np.ndarray) -> list[Image.Image]:
+        """GEN(identities, noises) for swaps: the noises are inverted from photos, so they
+        carry those photos' colours; `swap_guidance_scale` (when set) pulls harder towards
+        the identity asked for than plain generation's scale."""
+        scale = self.swap_guidance_scale or None
+        return self.generate(identities, noise=noises, guidance_scale=scale)
 
     @torch.inference_mode()
     def sample_identities(self, n: int, seed: int = 0) -> np.ndarray:

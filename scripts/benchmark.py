@@ -254,21 +254,29 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
     """Identity swap (paper Sec. 7, issue 10): GEN(Img2ID(A), Img2Noise(B)) for training images
     A, B of different people; judged as A by the baseline; B's pose kept (PCK@0.2 between the
     poses extracted from the result and from B)."""
-    from reid_core.data import relabel
-    from reid_core.models.baseline_net import classify_images
     if engine.baseline is None:
         return {"skipped": "no baseline (judge) in these weights"}
+    out, rows = swap_figures(engine, data, 50 if quick else 200, seed=0)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    grid([list(col) for col in zip(*rows)], labels=["A (identity)", "B (noise)", "swap"]).save(img_dir / "swap.png")
+    return {**out, "picture": "img/swap.png"}
+
+
+def swap_figures(engine, data, n: int, seed: int, transfer: bool = True) -> tuple[dict, list]:
+    """The swap figures on `n` pairs of training images drawn with `seed` (the benchmark's
+    pairs: seed 0; choose settings on other seeds), and the first 8 (A, B, swap) pictures."""
+    from reid_core.data import relabel
+    from reid_core.models.baseline_net import classify_images
     train = load_split(data, "train", engine.image_size, progress=False)
     crops = load_split(data, "train", engine.embed_size, progress=False).images
     labels, _ = relabel(train.pids)
-    rng = np.random.default_rng(0)
-    n = 50 if quick else 200
+    rng = np.random.default_rng(seed)
     a = rng.choice(len(labels), n, replace=False)
     b = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in a])
     ids_a = engine.embed_arrays(crops[a])
     _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
-    out_imgs = np.concatenate([np.stack([np.asarray(im) for im in engine.generate(ids_a[i:i + 64],
-                                                                                   noise=noise_b[i:i + 64])])
+    out_imgs = np.concatenate([np.stack([np.asarray(im) for im in engine.swap_arrays(ids_a[i:i + 64],
+                                                                                      noise_b[i:i + 64])])
                                for i in range(0, n, 64)])
     judged = classify_images(engine.baseline, out_imgs, device=engine.device)
     refs = [engine.extract_pose(Image.fromarray(train.images[j])) for j in b]
@@ -277,21 +285,19 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
         """PCK@0.2 of the poses extracted from `images` against `poses` (B's, where found)."""
         _, correct, considered = pose_pck(engine, images, [r.keypoints if r.found else None for r in poses])
         return correct / max(1, considered)
-    transfer = {}
-    if engine.has_pose_model:  # Pose2ID's transfer: A's identity, B's extracted pose, a fresh noise
+    moved_figures = {}
+    if transfer and engine.has_pose_model:  # Pose2ID's transfer: A's identity, B's extracted pose, a fresh noise
         have = [i for i, ref in enumerate(refs) if ref.found]
         moved = np.stack([np.asarray(engine.generate(ids_a[i], seed=int(i), pose=refs[i].keypoints)[0]) for i in have])
-        transfer = {"pairs": len(have),
-                    "judged_as_A": float(np.mean(classify_images(engine.baseline, moved, device=engine.device)
-                                                 == labels[a[have]])),
-                    "pose_pck02_vs_B": pose_kept(moved, [refs[i] for i in have])}
+        moved_figures = {"pairs": len(have),
+                         "judged_as_A": float(np.mean(classify_images(engine.baseline, moved, device=engine.device)
+                                                      == labels[a[have]])),
+                         "pose_pck02_vs_B": pose_kept(moved, [refs[i] for i in have])}
     rows = [[Image.fromarray(train.images[i]), Image.fromarray(train.images[j]), Image.fromarray(o)]
             for i, j, o in list(zip(a, b, out_imgs))[:8]]
-    img_dir.mkdir(parents=True, exist_ok=True)
-    grid([list(col) for col in zip(*rows)], labels=["A (identity)", "B (noise)", "swap"]).save(img_dir / "swap.png")
     return {"pairs": n, "judged_as_A": float(np.mean(judged == labels[a])),
             "judged_as_B": float(np.mean(judged == labels[b])),
-            "pose_pck02_vs_B": pose_kept(out_imgs, refs), "pose_transfer": transfer, "picture": "img/swap.png"}
+            "pose_pck02_vs_B": pose_kept(out_imgs, refs), "pose_transfer": moved_figures}, rows
 
 
 def pictures(engine, data, img_dir: Path) -> dict:

@@ -6,6 +6,11 @@ initial noise's temperature.
 
 Each setting is "scale,temperature[,guided steps]" (guided steps 0: all). Prints one JSON line
 per setting, the same figures as `benchmark.py --sections consistency`.
+
+    python scripts/sweep_sampling.py --swap --settings 3 4 5 6 [--pairs 200]
+
+`--swap`: the guidance scale of identity swaps instead (`swap_guidance_scale`), the figures of
+`benchmark.py --sections swap` on other pairs of training images (seed 1; the benchmark's are seed 0).
 """
 from __future__ import annotations
 
@@ -27,9 +32,19 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["3,1"])
     ap.add_argument("--identities", type=int, default=100, help="evenly spread over the table")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--swap", action="store_true", help="sweep the swap's guidance scale")
+    ap.add_argument("--pairs", type=int, default=200, help="--swap: pairs of training images")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
+    if a.swap:
+        from benchmark import swap_figures  # scripts/benchmark.py
+        for spec in a.settings:
+            engine.swap_guidance_scale = float(spec.split(",")[0])
+            r, _ = swap_figures(engine, a.data, a.pairs, seed=1, transfer=False)
+            print(json.dumps({"swap_guidance_scale": engine.swap_guidance_scale,
+                              **{k: r[k] for k in ("judged_as_A", "judged_as_B", "pose_pck02_vs_B")}}), flush=True)
+        return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
     unit_noise = engine.noise
     for spec in a.settings:
