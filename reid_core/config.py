@@ -165,7 +165,6 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
     sample_steps: int = 10                           # DDIM steps of the generator
     guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
     guidance_steps: int = 0                          # ... on the first so many DDIM steps (0: all)
-    swap_guidance_scale: float = 0.0                 # the scale for swaps, onto a photo's inverted noise (0: the same)
     checkpoint_every: int = 500
     snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
 

@@ -9,7 +9,7 @@ per setting, the same figures as `benchmark.py --sections consistency`.
 
     python scripts/sweep_sampling.py --swap --settings 3 4 5 6 [--pairs 200]
 
-`--swap`: the guidance scale of identity swaps instead (`swap_guidance_scale`), the figures of
+`--swap`: the guidance scale of identity swaps instead (each setting's scale), the figures of
 `benchmark.py --sections swap` on other pairs of training images (seed 1; the benchmark's are seed 0).
 """
 from __future__ import annotations
@@ -40,9 +40,9 @@ def main() -> None:
     if a.swap:
         from benchmark import swap_figures  # scripts/benchmark.py
         for spec in a.settings:
-            engine.swap_guidance_scale = float(spec.split(",")[0])
+            engine.guidance_scale = float(spec.split(",")[0])
             r, _ = swap_figures(engine, a.data, a.pairs, seed=1, transfer=False)
-            print(json.dumps({"swap_guidance_scale": engine.swap_guidance_scale,
+            print(json.dumps({"guidance_scale": engine.guidance_scale,
                               **{k: r[k] for k in ("judged_as_A", "judged_as_B", "pose_pck02_vs_B")}}), flush=True)
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
