@@ -56,6 +56,7 @@ class JointConfig:
     joint_head_lr: float = 1e-4                      # Img2ID head (and the table) during the generator phase
     id_loss_weight: float = 0.0                      # CE of the frozen Img2ID on the predicted clean image
     id_loss_max_t: int = 700                         # ... for samples noised below this timestep
+    id_loss_blur: float = 0.0                        # ... seen through a Gaussian blur of this sigma (pixels)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from reid_core.evaluate import generate_rows
 from reid_core.schedule import make_scheduler
 from reid_core.training import train
 from reid_core.training.common import new_generator, new_img2id
-from reid_core.training.joint import dcac_condition, joint_generator_loss, recognition_loss
+from reid_core.training.joint import dcac_condition, gaussian_blur, joint_generator_loss, recognition_loss
 from reid_core.training.loop import load_checkpoint, warmup_cosine
 from reid_core.weights import load_component
 
@@ -90,6 +90,14 @@ def test_recognition_loss_trains_the_generator_not_the_recogniser():
     recognition_loss(enc, images, table, y, preset).backward()
     assert images.grad.abs().sum() > 0
     assert table.grad is None and all(p.grad is None for p in enc.parameters())
+
+
+def test_gaussian_blur_keeps_flat_images_and_removes_fine_texture():
+    flat = torch.full((2, 3, 16, 8), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 1.0), flat)
+    checker = (torch.arange(16)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1  # the finest texture there is
+    x = checker.expand(1, 3, 16, 8)
+    assert gaussian_blur(x, 1.0).abs().max() < 0.2 and torch.equal(gaussian_blur(x, 0.0), x)
 
 
 @pytest.fixture(scope="module")

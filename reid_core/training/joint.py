@@ -72,10 +72,21 @@ def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor
     diff, x0_hat, t = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma,
                                      with_x0=True)
     keep = (t.to(x0.device) < preset.id_loss_max_t) & (True if drop is None else ~drop)
-    ident = recognition_loss(enc, x0_hat[keep].clamp(-1, 1), table, y[keep], preset) if keep.any() \
-        else x0_hat.new_zeros(())
+    seen = gaussian_blur(x0_hat[keep].clamp(-1, 1), preset.id_loss_blur)
+    ident = recognition_loss(enc, seen, table, y[keep], preset) if keep.any() else x0_hat.new_zeros(())
     return {"loss": diff + disc + preset.id_loss_weight * ident, "diffusion": diff, "identity": ident,
             "acc": (logits.argmax(1) == y).float().mean()}
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, C, H, W) blurred by a separable Gaussian of `sigma` pixels (0: unchanged), reflect padding."""
+    if sigma <= 0 or len(x) == 0:
+        return x
+    r = max(1, int(round(2 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)  # (C, 1, 1, 2r+1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.transpose(2, 3), groups=x.shape[1])
 
 
 def recognition_loss(enc, images: torch.Tensor, table: torch.Tensor, y: torch.Tensor, preset: Preset):
