@@ -12,6 +12,7 @@ generated images, embedding distances), so the choice is measured, not assumed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,9 +22,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+from reid_core.config import Preset
 from reid_core.engine import ReIDEngine
 from reid_core.io import atomic_write_json
-from reid_core.weights import COMPONENTS, FILES
+from reid_core.training.pipeline import COMPONENT_STAGE, stage_fields
+from reid_core.weights import COMPONENTS, FILES, PRESET_FILE
 
 # normalisation statistics (the prior's mean/std, BatchNorm running stats) stay exact; they are tiny
 KEEP_FP32_TENSORS = ("running_mean", "running_var", "mean", "std")
@@ -33,9 +36,12 @@ def keep_fp32(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in KEEP_FP32_TENSORS
 
 
-def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, only: list[str] | None = None) -> None:
+def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, only: list[str] | None = None,
+           continues: bool = False) -> None:
     """Copy a run's components (or `only` these, adding to a weights folder, with their
-    training-log records) and its files into `out`."""
+    training-log records and their stages' preset fields) and its files into `out`.
+    With `only`, the component's earlier history records are replaced, or kept when
+    `continues` (the run started from `out`'s component with --init)."""
     out.mkdir(parents=True, exist_ok=True)
     for comp in only or COMPONENTS:
         src = (baseline_run if comp == "baseline" and baseline_run else run) / comp
@@ -56,12 +62,19 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, o
         log = json.loads(log_file.read_text()) if log_file.exists() else {}
         ran = json.loads((run / "training_log.json").read_text()) if (run / "training_log.json").exists() else {}
         log.update({k: v for k, v in ran.items() if k in only})
-        history = [h for h in log.get("history", []) if h.get("what") not in only]    # re-adding replaces
-        history += [{"run": str(run), "what": k, "steps": ran[k]["steps"], "minutes": ran[k]["minutes"]}
-                    for k in only if k in ran]
+        history = log.get("history", [])
+        if not continues:  # re-adding replaces
+            history = [h for h in history if h.get("what") not in only]
+        history += [{"run": str(run), "what": k + " (--init: continued)" * continues, "steps": ran[k]["steps"],
+                     "minutes": ran[k]["minutes"]} for k in only if k in ran]
         if "history" in log or history:
             log["history"] = history
         atomic_write_json(log_file, log)
+        if (out / PRESET_FILE).exists() and (run / PRESET_FILE).exists():  # what these components trained with
+            fields = set().union(*(stage_fields(COMPONENT_STAGE[c]) for c in only))
+            trained = Preset.load(run / PRESET_FILE)
+            dataclasses.replace(Preset.load(out / PRESET_FILE),
+                                **{f: getattr(trained, f) for f in fields}).save(out / PRESET_FILE)
         return
     for f in FILES:
         if (run / f).exists():
@@ -162,8 +175,9 @@ def main() -> None:
     if a.run is None:
         ap.error("--run is required (unless --precomputed-only)")
     if a.only:
-        export(a.run, a.out, a.fp16, only=a.only)
-        print(f"added {', '.join(a.only)} of {a.run} to {a.out}")
+        export(a.run, a.out, a.fp16, only=a.only, continues=a.continues is not None)
+        print(f"added {', '.join(a.only)} of {a.run} to {a.out}; if the networks' fingerprint changed "
+              f"(any of generator, prior, img2id, img2noise), remake the caches: --precomputed-only")
         return
     export(a.run, a.out, a.fp16, a.baseline_run)
     if a.continues is not None:

@@ -24,6 +24,9 @@ STAGES = ("baseline", "joint", "generator", "prior", "img2id", "img2noise", "pos
 RECIPE_STAGES = {"joint": ("baseline", "joint", "prior", "img2noise", "pose", "uncertainty"),
                  "paper": ("baseline", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")}
 # what a stage leaves in the run folder when done (a finished stage is skipped on --resume)
+COMPONENT_STAGE = {"generator": "generator", "img2id": "img2id", "prior": "prior", "img2noise": "img2noise",
+                   "pose_encoder": "pose", "pose_generator": "pose", "baseline": "baseline",
+                   "uncertainty": "uncertainty"}  # which stage trains a component
 STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "generator": "generator", "prior": "prior",
                  "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder", "uncertainty": "uncertainty"}
 DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npz")
@@ -35,7 +38,8 @@ STAGE_CONFIGS = {"baseline": (BaselineConfig,), "joint": (GeneratorConfig, Joint
                  "uncertainty": (UncertaintyConfig,)}
 
 
-def _stage_fields(stage: str) -> set[str]:
+def stage_fields(stage: str) -> set[str]:
+    """The preset fields `stage` trains with."""
     return {name for c in STAGE_CONFIGS[stage]
             for name in ([c] if isinstance(c, str) else [f.name for f in dataclasses.fields(c)])}
 
@@ -54,8 +58,8 @@ def record_preset(path: Path, preset: Preset, stages, recipe_stages) -> None:
             preset.save(path)
             return
         saved = Preset.load(path)
-        own = set().union(*(_stage_fields(s) for s in stages)) if stages else set()
-        every = set().union(*(_stage_fields(s) for s in STAGE_CONFIGS))
+        own = set().union(*(stage_fields(s) for s in stages)) if stages else set()
+        every = set().union(*(stage_fields(s) for s in STAGE_CONFIGS))
         shared = [f.name for f in dataclasses.fields(Preset)
                   if f.name not in every and getattr(saved, f.name) != getattr(preset, f.name)
                   and not f.name.endswith(_SCHEDULE_FIELDS)]
