@@ -278,7 +278,7 @@ class ReIDApp:
             raise ValueError(f"swap identity must be one of {', '.join(SWAP_SOURCES)}")
         inv = self._inversion(photo, method)
         vector, what = common.choose_identity(self.engine, source, index, prior_seed)
-        swapped = self.engine.swap_arrays(vector, inv.noise)[0]
+        swapped = self.engine.generate(vector, noise=inv.noise)[0]
         sheet = grid([inv.input, inv.reconstruction, swapped], cols=3, scale=self.scale)
         return sheet, f"left: the photo · middle: its reconstruction · right: **{what}** on the photo's noise"
 

@@ -178,7 +178,7 @@ def tab_invert(engine, scale):
             if go_swap:
                 try:
                     vector, what = common.choose_identity(engine, source, index, prior_seed)
-                    swapped = engine.swap_arrays(vector, inv.noise)[0]
+                    swapped = engine.generate(vector, noise=inv.noise)[0]
                     show_images(c2, grid([inv.input, inv.reconstruction, swapped], cols=3, scale=1, pad=1),
                                 f"photo · reconstruction · {what} on the photo's noise", scale)
                 except ValueError as e:

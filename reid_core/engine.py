@@ -391,18 +391,13 @@ class ReIDEngine:
 
     def swap(self, identity, photo, method: str = "img2noise") -> Image.Image:
         """The paper's identity swap: `identity` (a row index, a vector, or another photo, whose
-        Img2ID is taken) rendered on the noise (pose, background, light) of `photo`."""
+        Img2ID is taken) rendered on the noise (pose, background, light) of `photo`, at plain
+        generation's guidance scale, which serves swaps best: judged as A on 200 other training
+        pairs (scripts/sweep_sampling.py --swap), scale 1.5: 25.5%, 2: 27.5%, 3: 33.5%, 4.5: 30.0%,
+        6: 26.5%, 8: 19.5%."""
         if not isinstance(identity, (int, np.integer, np.ndarray, list, tuple)):
             identity = self.embed([identity])[0]
-        return self.swap_arrays(identity, self.invert(photo, method).noise)[0]
-
-    @torch.inference_mode()
-    def swap_arrays(self, identities, noises: np.ndarray) -> list[Image.Image]:
-        """GEN(identities, noises) where the noises were inverted from photos (they carry those
-        photos' pose, light and colours). Plain generation's guidance scale serves swaps best:
-        judged as A on 200 other training pairs (scripts/sweep_sampling.py --swap), scale
-        1.5: 25.5%, 2: 27.5%, 3: 33.5%, 4.5: 30.0%, 6: 26.5%, 8: 19.5%."""
-        return self.generate(identities, noise=noises)
+        return self.generate(identity, noise=self.invert(photo, method).noise)[0]
 
     @torch.inference_mode()
     def sample_identities(self, n: int, seed: int = 0) -> np.ndarray:

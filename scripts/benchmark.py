@@ -275,8 +275,8 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True) -> tupl
     b = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in a])
     ids_a = engine.embed_arrays(crops[a])
     _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
-    out_imgs = np.concatenate([np.stack([np.asarray(im) for im in engine.swap_arrays(ids_a[i:i + 64],
-                                                                                      noise_b[i:i + 64])])
+    out_imgs = np.concatenate([np.stack([np.asarray(im) for im in engine.generate(ids_a[i:i + 64],
+                                                                                   noise=noise_b[i:i + 64])])
                                for i in range(0, n, 64)])
     judged = classify_images(engine.baseline, out_imgs, device=engine.device)
     refs = [engine.extract_pose(Image.fromarray(train.images[j])) for j in b]

@@ -12,7 +12,6 @@ generated images, embedding distances), so the choice is measured, not assumed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from reid_core.config import Preset
 from reid_core.engine import ReIDEngine
 from reid_core.io import atomic_write_json
-from reid_core.training.pipeline import COMPONENT_STAGE, stage_fields
+from reid_core.training.pipeline import COMPONENT_STAGE, with_stage_fields
 from reid_core.weights import COMPONENTS, FILES, PRESET_FILE
 
 # normalisation statistics (the prior's mean/std, BatchNorm running stats) stay exact; they are tiny
@@ -71,10 +70,8 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, o
             log["history"] = history
         atomic_write_json(log_file, log)
         if (out / PRESET_FILE).exists() and (run / PRESET_FILE).exists():  # what these components trained with
-            fields = set().union(*(stage_fields(COMPONENT_STAGE[c]) for c in only))
-            trained = Preset.load(run / PRESET_FILE)
-            dataclasses.replace(Preset.load(out / PRESET_FILE),
-                                **{f: getattr(trained, f) for f in fields}).save(out / PRESET_FILE)
+            with_stage_fields(Preset.load(out / PRESET_FILE), Preset.load(run / PRESET_FILE),
+                              {COMPONENT_STAGE[c] for c in only}).save(out / PRESET_FILE)
         return
     for f in FILES:
         if (run / f).exists():

@@ -134,15 +134,14 @@ def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: t
                 drop_identity=drop_identity)
     err = (pred.float() - target).abs() if loss == "l1" else (pred.float() - target) ** 2
     err = err.mean(dim=(1, 2, 3))
+    acp = sched.alphas_cumprod.to(x0.device)[tt].float()
     if snr_gamma:
-        acp = sched.alphas_cumprod.to(x0.device)[tt].float()
         snr = acp / (1 - acp)
         err = err * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
     if not with_x0:
         return err.mean()
-    acp = sched.alphas_cumprod.to(x0.device)[tt].float()[:, None, None, None]
-    pred = pred.float()
-    x0_hat = acp.sqrt() * x_t - (1 - acp).sqrt() * pred if v_pred else (x_t - (1 - acp).sqrt() * pred) / acp.sqrt()
+    a, s, pred = acp.sqrt()[:, None, None, None], (1 - acp).sqrt()[:, None, None, None], pred.float()
+    x0_hat = a * x_t - s * pred if v_pred else (x_t - s * pred) / a
     return err.mean(), x0_hat, t
 
 

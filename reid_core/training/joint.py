@@ -66,16 +66,15 @@ def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor
     c = torch.where(own[:, None], f, c)
     drop = (torch.rand(len(y), generator=g) < preset.identity_dropout).to(x0.device) \
         if preset.identity_dropout else None
-    if not preset.id_loss_weight:
-        diff = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma)
-        return {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
     diff, x0_hat, t = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma,
                                      with_x0=True)
-    keep = (t.to(x0.device) < preset.id_loss_max_t) & (True if drop is None else ~drop)
-    seen = gaussian_blur(x0_hat[keep].clamp(-1, 1), preset.id_loss_blur)
-    ident = recognition_loss(enc, seen, table, y[keep], preset) if keep.any() else x0_hat.new_zeros(())
-    return {"loss": diff + disc + preset.id_loss_weight * ident, "diffusion": diff, "identity": ident,
-            "acc": (logits.argmax(1) == y).float().mean()}
+    out = {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
+    if preset.id_loss_weight:
+        keep = (t.to(x0.device) < preset.id_loss_max_t) & (True if drop is None else ~drop)
+        seen = gaussian_blur(x0_hat[keep].clamp(-1, 1), preset.id_loss_blur)
+        out["identity"] = recognition_loss(enc, seen, table, y[keep], preset) if keep.any() else x0_hat.new_zeros(())
+        out["loss"] = out["loss"] + preset.id_loss_weight * out["identity"]
+    return out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -23,10 +23,11 @@ from ..weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_compo
 STAGES = ("baseline", "joint", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")
 RECIPE_STAGES = {"joint": ("baseline", "joint", "prior", "img2noise", "pose", "uncertainty"),
                  "paper": ("baseline", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")}
-# what a stage leaves in the run folder when done (a finished stage is skipped on --resume)
+# which stage trains a component
 COMPONENT_STAGE = {"generator": "generator", "img2id": "img2id", "prior": "prior", "img2noise": "img2noise",
                    "pose_encoder": "pose", "pose_generator": "pose", "baseline": "baseline",
-                   "uncertainty": "uncertainty"}  # which stage trains a component
+                   "uncertainty": "uncertainty"}
+# what a stage leaves in the run folder when done (a finished stage is skipped on --resume)
 STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "generator": "generator", "prior": "prior",
                  "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder", "uncertainty": "uncertainty"}
 DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npz")
@@ -44,6 +45,12 @@ def stage_fields(stage: str) -> set[str]:
             for name in ([c] if isinstance(c, str) else [f.name for f in dataclasses.fields(c)])}
 
 
+def with_stage_fields(saved: Preset, trained: Preset, stages) -> Preset:
+    """`saved` with the fields of `stages` taken from `trained` (what those stages trained with)."""
+    own = set().union(*(stage_fields(s) for s in stages)) if stages else set()
+    return dataclasses.replace(saved, **{k: getattr(trained, k) for k in own})
+
+
 def record_preset(path: Path, preset: Preset, stages, recipe_stages) -> None:
     """Write what the run's components were trained with. An invocation training only some
     stages (say pose in one process, img2noise in another) updates only those stages'
@@ -58,7 +65,6 @@ def record_preset(path: Path, preset: Preset, stages, recipe_stages) -> None:
             preset.save(path)
             return
         saved = Preset.load(path)
-        own = set().union(*(stage_fields(s) for s in stages)) if stages else set()
         every = set().union(*(stage_fields(s) for s in STAGE_CONFIGS))
         shared = [f.name for f in dataclasses.fields(Preset)
                   if f.name not in every and getattr(saved, f.name) != getattr(preset, f.name)
@@ -66,7 +72,7 @@ def record_preset(path: Path, preset: Preset, stages, recipe_stages) -> None:
         if shared:
             raise ValueError(f"{path} was trained with other {', '.join(shared)}; train the remaining stages "
                              f"with --preset-file {path} (and --set for their own fields), or use a new --out")
-        dataclasses.replace(saved, **{k: getattr(preset, k) for k in own}).save(path)
+        with_stage_fields(saved, preset, stages).save(path)
 
 
 def check_resumable(saved: Preset, asked: Preset, where) -> None:
