@@ -104,6 +104,8 @@ class Img2NoiseConfig:
     img2noise_real_images: int = 0                   # real images given DDIM-inverted targets (0: all)
     img2noise_recon_weight: float = 1.0              # loss through the sampling chain (paper Sec. 4)
     img2noise_recon_every: int = 1                   # apply it every k-th step (it costs `sample_steps` passes)
+    img2noise_recon_all_real: bool = False           # the chain loss (it needs no target) reads every real image
+    img2noise_recon_loss: str = "l1"                 # "l1" or "mse" (what PSNR measures) on the rebuilt image
 
 
 @dataclass
@@ -174,6 +176,9 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.recipe == "joint" and self.conditioning != "film":
             raise ValueError("the joint recipe conditions by FiLM (its condition is a mixture of rows)")
+        for name in ("gen_loss", "img2noise_recon_loss"):
+            if getattr(self, name) not in ("l1", "mse"):
+                raise ValueError(f"{name} must be 'l1' or 'mse', got {getattr(self, name)!r}")
 
     def component(self, cls):
         """One component's config (a class of COMPONENTS) with this preset's values."""

@@ -2,6 +2,8 @@
 matters, and `--init` continuing from a weights folder. Tiny models on synthetic data."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,39 @@ def test_init_continues_from_a_weights_folder(identity_run, synthetic_market, tm
     with pytest.raises(ValueError, match="cond_dim"):
         train(synthetic_market, get_preset("tiny", cond_dim=8), tmp_path / "other", stages=["joint"],
               init=identity_run, progress=False)
+
+
+def test_img2noise_chain_loss_reads_real_images_without_inverted_targets(identity_run, synthetic_market, tmp_path,
+                                                                         monkeypatch):
+    """With `img2noise_recon_all_real` the loss through the sampling chain reads every real
+    image, while the target loss keeps to the DDIM-inverted subset; without it both read the subset."""
+    import reid_core.training.img2noise as stage
+    from reid_core.training.common import load_train_data
+
+    seen = []
+    real_sample = stage.ddim_sample
+
+    def spy(generator, ids, *a, **kw):
+        seen.append(ids[: len(ids) // 2].detach().clone())  # the batch's real half comes first
+        return real_sample(generator, ids, *a, **kw)
+
+    monkeypatch.setattr(stage, "ddim_sample", spy)
+    preset = get_preset("tiny", img2noise_steps=8, img2noise_recon_every=1, img2noise_recon_weight=1.0,
+                        img2noise_real_images=4, img2noise_recon_loss="mse")
+    data = load_train_data(synthetic_market, preset, progress=False)
+    parts = {c: load_component(identity_run, c) for c in ("generator", "prior", "img2id")}
+    all_ids = stage.embed_crops(parts["img2id"], data.crops, "cpu")
+
+    def crops_read(all_real):
+        seen.clear()
+        p = dataclasses.replace(preset, img2noise_recon_all_real=all_real)
+        stage.train_img2noise(data, parts["generator"], parts["prior"], parts["img2id"], p,
+                              tmp_path / str(all_real), progress=False)
+        ids = torch.cat(seen)
+        return {int(((all_ids - v) ** 2).sum(1).argmin()) for v in ids}
+
+    subset = crops_read(False)
+    assert len(subset) <= 4
+    assert len(crops_read(True) - subset) > 0
+    with pytest.raises(ValueError, match="img2noise_recon_loss"):
+        get_preset("tiny", img2noise_recon_loss="l2")

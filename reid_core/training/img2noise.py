@@ -3,7 +3,9 @@
 Targets: the exact noise of generated images (the synthetic bank), and the DDIM-inverted
 noise of real ones under Img2ID's identity (what the engine pairs it with); plus, with
 `img2noise_recon_weight` > 0, an L1 loss on the image rebuilt through the whole sampling
-chain (what the paper optimises; `sample_steps` generator passes per step).
+chain (what the paper optimises; `sample_steps` generator passes per step). That loss needs
+no target, so with `img2noise_recon_all_real` it reads every real image, not only the inverted
+subset; `img2noise_recon_loss` "mse" optimises what PSNR measures.
 """
 from __future__ import annotations
 
@@ -59,9 +61,16 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
         # subset of the real images gets inverted targets, the bank supplies the rest
         rng, _ = step_rngs(preset.seed, "img2noise_subset", 0)
         pick = np.sort(rng.choice(len(pick), preset.img2noise_real_images, replace=False))
-    images = data.images[pick]
     real_id = embed_crops(img2id, data.crops[pick], device)
-    real_z = inverted_noise(generator, images, real_id, preset, out, device, progress)
+    real_z = inverted_noise(generator, data.images[pick], real_id, preset, out, device, progress)
+    if preset.img2noise_recon_weight and preset.img2noise_recon_all_real:
+        # the chain loss needs no target: it reads every real image, the target loss only those
+        # with an inverted one (`target_of` -1 for the rest)
+        images, real_id = data.images, embed_crops(img2id, data.crops, device)
+        target_of = torch.full((len(images),), -1, dtype=torch.long)
+        target_of[torch.from_numpy(pick)] = torch.arange(len(pick))
+    else:
+        images, target_of = data.images[pick], torch.arange(len(pick))
     net = start_weights(NoiseEncoder(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
                                      layers_per_block=preset.noise_layers_per_block), init, "img2noise").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.img2noise_lr)
@@ -76,13 +85,15 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
         i = torch.from_numpy(rng.integers(0, len(images), preset.img2noise_batch - half))
         j = torch.from_numpy(rng.integers(0, len(bank_x), half))
         x = torch.cat([images[i], bank_x[j]]).to(device)
-        z = torch.cat([real_z[i], bank_z[j]]).to(device)
+        has = torch.cat([target_of[i] >= 0, torch.ones(half, dtype=torch.bool)]).to(device)
+        z = torch.cat([real_z[target_of[i].clamp(min=0)], bank_z[j]]).to(device)
         pred = net(x).float()
-        loss = F.mse_loss(pred, z)
+        loss = F.mse_loss(pred[has], z[has])
         if preset.img2noise_recon_weight and step % preset.img2noise_recon_every == 0:
             ids = torch.cat([real_id[i], bank_id[j]]).to(device)
             rec = ddim_sample(generator, ids, pred, preset.sample_steps, grad=True).float()
-            loss = loss + preset.img2noise_recon_weight * F.l1_loss(rec, x)
+            err = F.l1_loss if preset.img2noise_recon_loss == "l1" else F.mse_loss
+            loss = loss + preset.img2noise_recon_weight * err(rec, x)
         return {"loss": loss}
 
     history = loop.run(step_fn)
