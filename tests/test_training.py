@@ -176,3 +176,10 @@ def test_img2noise_chain_loss_reads_real_images_without_inverted_targets(identit
     assert len(crops_read(True) - subset) > 0
     with pytest.raises(ValueError, match="img2noise_recon_loss"):
         get_preset("tiny", img2noise_recon_loss="l2")
+
+
+def test_set_takes_json_values_and_bare_words():
+    from reid_core.training.pipeline import _set_value
+    assert _set_value("300") == 300 and _set_value("2e-4") == 2e-4 and _set_value("true") is True
+    assert _set_value("[64, 32]") == [64, 32] and _set_value('"mse"') == "mse"
+    assert _set_value("mse") == "mse" and _set_value("l1") == "l1"

@@ -174,6 +174,14 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
     return out
 
 
+def _set_value(text: str):
+    """A --set value: JSON (numbers, true, [64, 32], "quoted"), else the bare word as a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -197,7 +205,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    overrides = {k: json.loads(v) for k, _, v in (kv.partition("=") for kv in a.set)}
+    overrides = {k: _set_value(v) for k, _, v in (kv.partition("=") for kv in a.set)}
     if a.preset_file:
         preset = dataclasses.replace(Preset.load(a.preset_file), **{k: tuple(v) if isinstance(v, list) else v
                                                                     for k, v in overrides.items()})
