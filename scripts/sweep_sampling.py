@@ -4,8 +4,15 @@ initial noise's temperature.
 
     python scripts/sweep_sampling.py --weights runs/s16 --settings 3,1 4,1 5,1 3,0.85 [--identities 100]
 
-Each setting is "scale,temperature[,guided steps]" (guided steps 0: all). Prints one JSON line
-per setting, the same figures as `benchmark.py --sections consistency`.
+Each setting is "scale,temperature[,end[,start]]": guidance on DDIM steps start..end-1 of the
+10 (end 0: all; start 0: from the first, the engine's `guidance_steps` = end). Prints one JSON
+line per setting, the same figures as `benchmark.py --sections consistency`.
+
+    python scripts/sweep_sampling.py --settings 3,1 --sampler ddim dpm2m unipc
+
+`--sampler`: diffusers' multistep solvers in place of DDIM for generation, on the same
+schedule and timesteps (an experiment: the engine samples with DDIM, which Img2Noise's chain
+was trained through).
 
     python scripts/sweep_sampling.py --swap --settings 3 4 5 6 [--pairs 200]
 
@@ -20,9 +27,46 @@ import json
 import numpy as np
 import torch
 
+import reid_core.diffusion as diffusion
+import reid_core.engine as engine_module
 from reid_core.data import DEMO_DATA
 from reid_core.engine import ReIDEngine
 from reid_core.evaluate import identity_consistency
+from reid_core.schedule import _betas, make_scheduler
+
+SAMPLERS = ("ddim", "dpm2m", "unipc")
+
+
+def scheduler_factory(kind: str):
+    """make_scheduler's stand-in for sampler `kind`: the same betas and trailing timesteps."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    def make(num_train_timesteps: int = 1000, prediction_type: str = "epsilon"):
+        if kind == "ddim":
+            return make_scheduler(num_train_timesteps, prediction_type)
+        kw = dict(num_train_timesteps=num_train_timesteps, trained_betas=_betas(num_train_timesteps),
+                  prediction_type=prediction_type, timestep_spacing="trailing", final_sigmas_type="zero")
+        if kind == "dpm2m":
+            return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
+        return UniPCMultistepScheduler(**kw)
+    return make
+
+
+def guided_from(start: int):
+    """ddim_sample with guidance only from step `start` on (up to its `guidance_steps`)."""
+    def sample(unet, identity, noise, steps=10, extra_features_fn=None, grad=False, guidance_scale=1.0,
+               guidance_steps=None):
+        sched = diffusion.make_scheduler(prediction_type=diffusion.prediction_type(unet))
+        sched.set_timesteps(steps, device=noise.device)
+        end = len(sched.timesteps) if guidance_steps is None else guidance_steps
+        x, b = noise, noise.shape[0]
+        for i, t in enumerate(sched.timesteps):
+            extra = extra_features_fn() if extra_features_fn is not None else None
+            eps = diffusion.guided_eps(unet, x, diffusion.noise_variance(sched, t.expand(b)), identity,
+                                       guidance_scale if start <= i < end else 1.0, extra)
+            x = sched.step(eps, t, x).prev_sample
+        return x.clamp(-1.0, 1.0)
+    return sample
 
 
 def main() -> None:
@@ -34,6 +78,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--swap", action="store_true", help="sweep the swap's guidance scale")
     ap.add_argument("--pairs", type=int, default=200, help="--swap: pairs of training images")
+    ap.add_argument("--sampler", nargs="+", default=["ddim"], choices=SAMPLERS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
@@ -47,14 +92,18 @@ def main() -> None:
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
     unit_noise = engine.noise
-    for spec in a.settings:
-        scale, temp, guided = (list(map(float, spec.split(","))) + [0.0])[:3]
-        engine.guidance_scale, engine.guidance_steps = scale, int(guided) or None
-        engine.noise = lambda seeds, t=temp: unit_noise(seeds) * t
-        r = identity_consistency(engine, engine.baseline, a.data, rows=rows, seeds=range(8))
-        print(json.dumps({"scale": scale, "temperature": temp, "guided_steps": int(guided),
-                          **{k: r[k] for k in ("top1", "top5", "seed_agreement", "diversity", "seconds")}}), flush=True)
-
+    for sampler in a.sampler:
+        diffusion.make_scheduler = scheduler_factory(sampler)
+        for spec in a.settings:
+            scale, temp, end, start = (list(map(float, spec.split(","))) + [0.0, 0.0])[:4]
+            engine.guidance_scale, engine.guidance_steps = scale, int(end) or None
+            engine_module.ddim_sample = guided_from(int(start))
+            engine.noise = lambda seeds, t=temp: unit_noise(seeds) * t
+            r = identity_consistency(engine, engine.baseline, a.data, rows=rows, seeds=range(8))
+            print(json.dumps({"sampler": sampler, "scale": scale, "temperature": temp,
+                              "guided_steps": [int(start), int(end)],
+                              **{k: r[k] for k in ("top1", "top5", "seed_agreement", "diversity", "seconds")}}),
+                  flush=True)
 
 if __name__ == "__main__":
     main()

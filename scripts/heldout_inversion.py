@@ -1,0 +1,63 @@
+"""Img2Noise reconstruction on training images it was not trained on: how to choose between
+Img2Noise runs without looking at the test split (the benchmark's 400 test queries are for
+reporting only).
+
+    python scripts/heldout_inversion.py --weights runs/n2 runs/n4 [--images 200] [--methods img2noise ddim]
+
+Takes `--images` training images outside the seeded subset that got DDIM-inverted targets
+(`img2noise_real_images` of them, drawn as the img2noise stage draws them), so a run whose
+loss read only that subset has never seen them. A run trained with `img2noise_recon_all_real`
+has seen every training image: its figure here is not held out, and the script says so.
+Prints one JSON line per weights folder and method: PSNR and SSIM, as the benchmark computes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from reid_core.data import DEMO_DATA, load_split
+from reid_core.engine import ReIDEngine, psnr
+from reid_core.training.augment import step_rngs
+
+
+def heldout_indices(num_images: int, preset, count: int, seed: int = 123) -> np.ndarray:
+    """`count` training-image indices outside the img2noise stage's inverted subset."""
+    rng, _ = step_rngs(preset.seed, "img2noise_subset", 0)  # the stage's own draw
+    used = rng.choice(num_images, preset.img2noise_real_images, replace=False)
+    rest = np.setdiff1d(np.arange(num_images), used)
+    return np.sort(np.random.default_rng(seed).choice(rest, count, replace=False))
+
+
+def main() -> None:
+    from skimage.metrics import structural_similarity
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", nargs="+", default=["weights"])
+    ap.add_argument("--data", default=str(DEMO_DATA))
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--methods", nargs="+", default=["img2noise"], choices=["img2noise", "ddim"])
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    for w in a.weights:
+        engine = ReIDEngine.from_pretrained(w, device="cpu", load_baseline=False)
+        p = engine.preset
+        if not 0 < p.img2noise_real_images:
+            raise SystemExit(f"{w}: every training image had an inverted target; none is held out")
+        train = load_split(a.data, "train", engine.image_size, progress=False)
+        crops = load_split(a.data, "train", engine.embed_size, progress=False).images
+        pick = heldout_indices(len(train.images), p, a.images)
+        imgs, crops = train.images[pick], crops[pick]
+        for method in a.methods:
+            rec, _, _ = engine.reconstruct_arrays(imgs, method, crops_u8=crops)
+            ps = [psnr(x, y) for x, y in zip(imgs, rec)]
+            ss = [structural_similarity(x, y, channel_axis=2, data_range=255, win_size=7) for x, y in zip(imgs, rec)]
+            print(json.dumps({"weights": w, "method": method, "images": len(imgs), "psnr": float(np.mean(ps)),
+                              "ssim": float(np.mean(ss)),
+                              "held_out": not (p.img2noise_recon_weight and p.img2noise_recon_all_real)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
