@@ -167,7 +167,8 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
     seed: int = 0
     sample_steps: int = 10                           # DDIM steps of the generator
     guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
-    guidance_steps: int = 0                          # ... on the first so many DDIM steps (0: all)
+    guidance_steps: int = 0                          # ... up to this DDIM step (0: the last)
+    guidance_start: int = 0                          # ... but not on the first so many (the noisiest)
     checkpoint_every: int = 500
     snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
 
@@ -235,7 +236,8 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu", recipe="joint", id_dim=256, conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
         gen_lr=1e-3, gen_warmup=100, prediction_type="v_prediction", identity_map_levels=1,
-        identity_map_channels=16, identity_dropout=0.1, guidance_scale=3.0, guidance_steps=10, table_lr=1e-3,
+        identity_map_channels=16, identity_dropout=0.1, guidance_scale=3.0, guidance_steps=10, guidance_start=2,
+        table_lr=1e-3,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
         snapshot_every=500, **_CPU),
     "paper_cpu": Preset(

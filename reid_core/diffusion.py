@@ -28,25 +28,28 @@ def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor,
 
 def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 10,
                 extra_features_fn=None, grad: bool = False, guidance_scale: float = 1.0,
-                guidance_steps: int | None = None) -> torch.Tensor:
+                guidance_steps: int | None = None, guidance_start: int = 0) -> torch.Tensor:
     """GEN(identity, noise): deterministic DDIM (eta = 0) from pure noise to an image.
 
     `grad=True` keeps the graph, so a loss on the output reaches `noise` (Img2Noise
     training backpropagates through the whole sampling chain, paper Sec. 4).
-    `guidance_scale` != 1 applies classifier-free guidance on the first `guidance_steps`
-    steps (all when None): the noisy steps decide who the person is, and guiding only
-    those costs fewer network passes (Kynkäänniemi et al. 2024 find limited intervals better).
+    `guidance_scale` != 1 applies classifier-free guidance on steps `guidance_start` up to
+    `guidance_steps` - 1 (to the last when None); an unguided step costs one network pass
+    instead of two (Kynkäänniemi et al. 2024 find limited intervals better). Measured on the
+    shipped generator (100 training identities x 8 noises, scale 3): all 10 steps 70.6% judge
+    top-1; steps 2-9 70.3% with more diversity; 4-9 65.9%; 0-4 61.1%; 2-8 67.0%: the two
+    noisiest steps can go unguided, the last ones cannot.
     """
     sched = make_scheduler(prediction_type=prediction_type(unet))
     sched.set_timesteps(steps, device=noise.device)
     x = noise
     b = noise.shape[0]
-    guided = len(sched.timesteps) if guidance_steps is None else guidance_steps
+    end = len(sched.timesteps) if guidance_steps is None else guidance_steps
     with torch.set_grad_enabled(grad):
         for i, t in enumerate(sched.timesteps):
             var = noise_variance(sched, t.expand(b))
             extra = extra_features_fn() if extra_features_fn is not None else None
-            eps = guided_eps(unet, x, var, identity, guidance_scale if i < guided else 1.0, extra)
+            eps = guided_eps(unet, x, var, identity, guidance_scale if guidance_start <= i < end else 1.0, extra)
             x = sched.step(eps, t, x).prev_sample
     return x.clamp(-1.0, 1.0)
 

@@ -5,7 +5,7 @@ initial noise's temperature.
     python scripts/sweep_sampling.py --weights runs/s16 --settings 3,1 4,1 5,1 3,0.85 [--identities 100]
 
 Each setting is "scale,temperature[,end[,start]]": guidance on DDIM steps start..end-1 of the
-10 (end 0: all; start 0: from the first, the engine's `guidance_steps` = end). Prints one JSON
+10 (the preset's `guidance_start` and `guidance_steps`; end 0: to the last). Prints one JSON
 line per setting, the same figures as `benchmark.py --sections consistency`.
 
     python scripts/sweep_sampling.py --settings 3,1 --sampler ddim dpm2m unipc
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 import reid_core.diffusion as diffusion
-import reid_core.engine as engine_module
 from reid_core.data import DEMO_DATA
 from reid_core.engine import ReIDEngine
 from reid_core.evaluate import identity_consistency
@@ -50,23 +49,6 @@ def scheduler_factory(kind: str):
             return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
         return UniPCMultistepScheduler(**kw)
     return make
-
-
-def guided_from(start: int):
-    """ddim_sample with guidance only from step `start` on (up to its `guidance_steps`)."""
-    def sample(unet, identity, noise, steps=10, extra_features_fn=None, grad=False, guidance_scale=1.0,
-               guidance_steps=None):
-        sched = diffusion.make_scheduler(prediction_type=diffusion.prediction_type(unet))
-        sched.set_timesteps(steps, device=noise.device)
-        end = len(sched.timesteps) if guidance_steps is None else guidance_steps
-        x, b = noise, noise.shape[0]
-        for i, t in enumerate(sched.timesteps):
-            extra = extra_features_fn() if extra_features_fn is not None else None
-            eps = diffusion.guided_eps(unet, x, diffusion.noise_variance(sched, t.expand(b)), identity,
-                                       guidance_scale if start <= i < end else 1.0, extra)
-            x = sched.step(eps, t, x).prev_sample
-        return x.clamp(-1.0, 1.0)
-    return sample
 
 
 def main() -> None:
@@ -96,8 +78,7 @@ def main() -> None:
         diffusion.make_scheduler = scheduler_factory(sampler)
         for spec in a.settings:
             scale, temp, end, start = (list(map(float, spec.split(","))) + [0.0, 0.0])[:4]
-            engine.guidance_scale, engine.guidance_steps = scale, int(end) or None
-            engine_module.ddim_sample = guided_from(int(start))
+            engine.guidance_scale, engine.guidance_steps, engine.guidance_start = scale, int(end) or None, int(start)
             engine.noise = lambda seeds, t=temp: unit_noise(seeds) * t
             r = identity_consistency(engine, engine.baseline, a.data, rows=rows, seeds=range(8))
             print(json.dumps({"sampler": sampler, "scale": scale, "temperature": temp,

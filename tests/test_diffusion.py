@@ -166,7 +166,7 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_image(prediction_type):
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
-def test_guidance_on_the_first_steps_only():
+def test_guidance_on_an_interval_of_steps_only():
     torch.manual_seed(0)
     unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
                         conditioning="film", cond_dim=8).eval()
@@ -178,6 +178,14 @@ def test_guidance_on_the_first_steps_only():
     assert torch.equal(ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_steps=0), plain)
     partial = ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_steps=5)
     assert not torch.equal(partial, plain) and not torch.equal(partial, full)
+    late = ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2)
+    assert not torch.equal(late, full) and not torch.equal(late, plain) and not torch.equal(late, partial)
+    assert torch.equal(ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=10), plain)
+
+    calls = []
+    unet.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2)
+    assert calls == [1, 1] + [2] * 8  # the unguided steps cost one pass each
 
 
 class _Oracle(torch.nn.Module):
