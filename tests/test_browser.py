@@ -154,7 +154,7 @@ def test_every_tab(app_under_test, browser, tmp_path):
     query = sorted((gallery / "query").glob("*.jpg"))[0]
 
     # ---- Generate: the first visit already shows a result; generate 8 more
-    assert "4 image(s)" in _text(d, "#gen-caption")
+    _wait(d, lambda d: "4 image(s)" in _text(d, "#gen-caption"), 60, "the first visit's pictures")
     assert _images_loaded(d, "#gen-out img") >= 1
     seeds = d.find_element(By.CSS_SELECTOR, "#gen-seeds textarea, #gen-seeds input")
     seeds.clear()
