@@ -20,14 +20,12 @@ import torch
 
 from reid_core.data import DEMO_DATA, load_split
 from reid_core.engine import ReIDEngine, psnr
-from reid_core.training.augment import step_rngs
+from reid_core.training.img2noise import inverted_subset
 
 
 def heldout_indices(num_images: int, preset, count: int, seed: int = 123) -> np.ndarray:
     """`count` training-image indices outside the img2noise stage's inverted subset."""
-    rng, _ = step_rngs(preset.seed, "img2noise_subset", 0)  # the stage's own draw
-    used = rng.choice(num_images, preset.img2noise_real_images, replace=False)
-    rest = np.setdiff1d(np.arange(num_images), used)
+    rest = np.setdiff1d(np.arange(num_images), inverted_subset(num_images, preset))
     return np.sort(np.random.default_rng(seed).choice(rest, count, replace=False))
 
 
@@ -44,9 +42,9 @@ def main() -> None:
     for w in a.weights:
         engine = ReIDEngine.from_pretrained(w, device="cpu", load_baseline=False)
         p = engine.preset
-        if not 0 < p.img2noise_real_images:
-            raise SystemExit(f"{w}: every training image had an inverted target; none is held out")
         train = load_split(a.data, "train", engine.image_size, progress=False)
+        if len(inverted_subset(len(train.images), p)) == len(train.images):
+            raise SystemExit(f"{w}: every training image had an inverted target; none is held out")
         crops = load_split(a.data, "train", engine.embed_size, progress=False).images
         pick = heldout_indices(len(train.images), p, a.images)
         imgs, crops = train.images[pick], crops[pick]

@@ -86,5 +86,6 @@ def main() -> None:
                               **{k: r[k] for k in ("top1", "top5", "seed_agreement", "diversity", "seconds")}}),
                   flush=True)
 
+
 if __name__ == "__main__":
     main()

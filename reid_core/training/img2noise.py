@@ -51,26 +51,32 @@ def inverted_noise(generator, images: torch.Tensor, identities: torch.Tensor, pr
     return z
 
 
+def inverted_subset(num_images: int, preset: Preset) -> np.ndarray:
+    """Sorted indices of the real images that get DDIM-inverted targets: all of them, or a
+    seeded subset of `img2noise_real_images` (inversion costs `sample_steps` generator passes
+    per image: on a CPU the bank supplies the rest)."""
+    if not preset.img2noise_real_images or preset.img2noise_real_images >= num_images:
+        return np.arange(num_images)
+    rng, _ = step_rngs(preset.seed, "img2noise_subset", 0)
+    return np.sort(rng.choice(num_images, preset.img2noise_real_images, replace=False))
+
+
 def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, out: Path, *,
                     init: Path | None = None, device: str = "cpu", resume: bool = False, progress: bool = True):
     torch.manual_seed(preset.seed)
     bank_x, bank_id, bank_z = load_or_make_bank(generator, prior, preset, out, device, progress)
-    pick = np.arange(len(data.labels))
-    if preset.img2noise_real_images and preset.img2noise_real_images < len(pick):
-        # DDIM inversion costs `sample_steps` generator passes per image: on a CPU a seeded
-        # subset of the real images gets inverted targets, the bank supplies the rest
-        rng, _ = step_rngs(preset.seed, "img2noise_subset", 0)
-        pick = np.sort(rng.choice(len(pick), preset.img2noise_real_images, replace=False))
-    real_id = embed_crops(img2id, data.crops[pick], device)
-    real_z = inverted_noise(generator, data.images[pick], real_id, preset, out, device, progress)
+    pick = inverted_subset(len(data.labels), preset)
     if preset.img2noise_recon_weight and preset.img2noise_recon_all_real:
         # the chain loss needs no target: it reads every real image, the target loss only those
         # with an inverted one (`target_of` -1 for the rest)
         images, real_id = data.images, embed_crops(img2id, data.crops, device)
         target_of = torch.full((len(images),), -1, dtype=torch.long)
         target_of[torch.from_numpy(pick)] = torch.arange(len(pick))
+        real_z = inverted_noise(generator, images[pick], real_id[pick], preset, out, device, progress)
     else:
-        images, target_of = data.images[pick], torch.arange(len(pick))
+        images, real_id = data.images[pick], embed_crops(img2id, data.crops[pick], device)
+        target_of = torch.arange(len(pick))
+        real_z = inverted_noise(generator, images, real_id, preset, out, device, progress)
     net = start_weights(NoiseEncoder(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
                                      layers_per_block=preset.noise_layers_per_block), init, "img2noise").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.img2noise_lr)
