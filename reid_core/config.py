@@ -60,6 +60,18 @@ class JointConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Guidance distillation (Meng et al. 2023, stage 1): the generator learns to take the
+    guidance scale w as an input and predict the guided output in one pass, from a frozen copy
+    of itself guided with two. w is drawn from {1, guidance_scale, U[1, distill_max_scale]}."""
+    distill_steps: int = 0                           # 0: no distillation (guided steps cost two passes)
+    distill_batch: int = 32
+    distill_lr: float = 2e-4
+    distill_warmup: int = 50
+    distill_max_scale: float = 6.0
+
+
+@dataclass
 class PriorConfig:
     """The identity prior: a small diffusion model over the trained rows (3 dense layers of 512)."""
     prior_hidden: int = 512
@@ -151,12 +163,12 @@ class UncertaintyConfig:
     uncertainty_sampled_ce: bool = False             # CE on a sample z ~ N(mu, sigma^2) (DUL) instead of on mu
 
 
-COMPONENTS = (GeneratorConfig, JointConfig, PriorConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, BaselineConfig,
+COMPONENTS = (GeneratorConfig, JointConfig, DistillConfig, PriorConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, BaselineConfig,
               UncertaintyConfig)
 
 
 @dataclass
-class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img2IDConfig, PriorConfig, JointConfig, GeneratorConfig):
+class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img2IDConfig, PriorConfig, DistillConfig, JointConfig, GeneratorConfig):
     """A recipe: what every component shares, and each component's own config (the classes
     above, one per component, merged so that a preset is one flat file and every field one
     `--set FIELD=VALUE`). `preset.component(PriorConfig)` is one component's part alone."""

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from reid_core.config import Preset
 from reid_core.engine import ReIDEngine
 from reid_core.io import atomic_write_json
-from reid_core.training.pipeline import COMPONENT_STAGE, with_stage_fields
+from reid_core.training.pipeline import COMPONENT_STAGES, with_stage_fields
 from reid_core.weights import COMPONENTS, FILES, PRESET_FILE
 
 # normalisation statistics (the prior's mean/std, BatchNorm running stats) stay exact; they are tiny
@@ -60,18 +60,19 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, o
         log_file = out / "training_log.json"
         log = json.loads(log_file.read_text()) if log_file.exists() else {}
         ran = json.loads((run / "training_log.json").read_text()) if (run / "training_log.json").exists() else {}
-        log.update({k: v for k, v in ran.items() if k in only})
+        stages = sorted({s for c in only for s in COMPONENT_STAGES[c] if s in ran})  # what this run trained
+        log.update({s: ran[s] for s in stages})
         history = log.get("history", [])
         if not continues:  # re-adding replaces
-            history = [h for h in history if h.get("what") not in only]
-        history += [{"run": str(run), "what": k + " (--init: continued)" * continues, "steps": ran[k]["steps"],
-                     "minutes": ran[k]["minutes"]} for k in only if k in ran]
+            history = [h for h in history if h.get("what") not in stages]
+        history += [{"run": str(run), "what": s + " (--init: continued)" * continues, "steps": ran[s]["steps"],
+                     "minutes": ran[s]["minutes"]} for s in stages]
         if "history" in log or history:
             log["history"] = history
         atomic_write_json(log_file, log)
         if (out / PRESET_FILE).exists() and (run / PRESET_FILE).exists():  # what these components trained with
             with_stage_fields(Preset.load(out / PRESET_FILE), Preset.load(run / PRESET_FILE),
-                              {COMPONENT_STAGE[c] for c in only}).save(out / PRESET_FILE)
+                              stages).save(out / PRESET_FILE)
         return
     for f in FILES:
         if (run / f).exists():
@@ -108,6 +109,7 @@ def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
 STAGE_WHAT = {"joint": "joint stage (generator on the table; Img2ID's head and the table at a low rate)",
               "generator": "generator", "prior": "identity prior", "img2id": "Img2ID", "img2noise": "Img2Noise",
               "pose": "pose guider (fine-tuned generator copy)",
+              "distill": "guidance distillation (the guidance scale an input: one pass per guided step)",
               "uncertainty": "uncertainty head (HAVANA)"}
 
 
@@ -117,7 +119,7 @@ def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
     shipped weights stays on record across sessions."""
     old = json.loads((continues / "training_log.json").read_text()).get("history", [])
     log = json.loads((out / "training_log.json").read_text())
-    new = [{"run": str(run), "what": STAGE_WHAT[k] + f" (--init {continues.name})" * (k in ("joint", "generator")),
+    new = [{"run": str(run), "what": STAGE_WHAT[k] + f" (--init {continues.name})" * (k in ("joint", "generator", "distill")),
             "steps": v["steps"], "minutes": v["minutes"]}
            for k, v in log.items() if k in STAGE_WHAT and isinstance(v, dict) and "minutes" in v]
     if "baseline" in log and not any("baseline" in h["what"] for h in old):

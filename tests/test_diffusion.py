@@ -242,3 +242,22 @@ def test_refined_ddim_inversion_finds_the_noise_sampling_maps_back():
         z = ddim_invert(unet, x, ident, steps=10, refine=refine)
         errors.append((ddim_sample(unet, ident, z, 10) - x).abs().max().item())
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.2 * errors[0], errors
+
+
+def test_guidance_takes_one_scale_per_sample_and_a_fresh_guidance_embedding_changes_nothing():
+    torch.manual_seed(0)
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+                        conditioning="film", cond_dim=8).eval()
+    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    x, var, ident = torch.randn(2, 3, 16, 8), torch.tensor([0.3, 0.7]), torch.randn(2, 4)
+    with torch.no_grad():
+        both = guided_eps(unet, x, var, ident, torch.tensor([1.0, 3.0]))
+        torch.testing.assert_close(both[:1], guided_eps(unet, x[:1], var[:1], ident[:1], 1.0))
+        torch.testing.assert_close(both[1:], guided_eps(unet, x[1:], var[1:], ident[1:], 3.0))
+        student = IdentityUNet.from_config(unet.config, guidance_embedding=True).eval()
+        student.load_state_dict(unet.state_dict(), strict=False)
+        assert student.distilled_guidance and not unet.distilled_guidance
+        # its embedding starts at zero: at every scale it predicts what the teacher does unguided
+        torch.testing.assert_close(guided_eps(student, x, var, ident, 4.0), unet(x, var, ident))
+    with pytest.raises(ValueError, match="guidance embedding"):
+        unet(x, var, ident, guidance=torch.ones(2))

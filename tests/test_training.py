@@ -183,3 +183,39 @@ def test_set_takes_json_values_and_bare_words():
     assert _set_value("300") == 300 and _set_value("2e-4") == 2e-4 and _set_value("true") is True
     assert _set_value("[64, 32]") == [64, 32] and _set_value('"mse"') == "mse"
     assert _set_value("mse") == "mse" and _set_value("l1") == "l1"
+
+
+def test_distill_stage_learns_guidance_in_one_pass(identity_run, synthetic_market, tmp_path):
+    """Guidance distillation: the student's one pass at scale w lands much nearer the teacher's
+    two-pass guided prediction than the teacher's own conditional does, w = 1 stays the
+    conditional prediction, the table is untouched, and sampling costs one pass per step."""
+    from reid_core.diffusion import ddim_sample, guided_eps
+    from reid_core.schedule import noise_variance
+    preset = get_preset("tiny", guidance_scale=3.0, distill_steps=300, distill_lr=1e-3, distill_warmup=5)
+    out = train(synthetic_market, preset, tmp_path / "d", stages=["distill"], init=identity_run, progress=False)
+    teacher, student = load_component(identity_run, "generator"), load_component(out, "generator")
+    assert student.distilled_guidance and not teacher.distilled_guidance
+    assert torch.equal(student.identity_embedding.weight, teacher.identity_embedding.weight)
+
+    g = torch.Generator().manual_seed(0)
+    split = load_split(synthetic_market, "train", preset.image_size, progress=False)
+    x0 = torch.from_numpy(split.images[::7][:16]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    c = teacher.identity_rows(torch.from_numpy(relabel(split.pids)[0][::7][:16]))
+    sched = make_scheduler()
+    t = torch.randint(100, 900, (len(x0),), generator=g)
+    x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+    var = noise_variance(sched, t)
+    with torch.no_grad():
+        cond = teacher(x_t, var, c)
+        for w in (3.0, 5.0):
+            target = guided_eps(teacher, x_t, var, c, w)
+            before = (cond - target).abs().mean()
+            after = (student(x_t, var, c, guidance=torch.full((len(x0),), w)) - target).abs().mean()
+            assert after < 0.5 * before, (w, float(after), float(before))
+        assert (student(x_t, var, c) - cond).abs().mean() < 0.5 * (cond - guided_eps(teacher, x_t, var, c, 3.0)).abs().mean()
+
+    calls = []
+    student.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    ddim_sample(student, c[:1], torch.randn(1, 3, *preset.image_size, generator=g), guidance_scale=3.0,
+                guidance_start=2)
+    assert calls == [1] * preset.sample_steps  # one pass per step, guided or not

@@ -41,6 +41,14 @@ def sinusoidal_embedding(noise_var: torch.Tensor, dim: int = 64, min_freq: float
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+GUIDANCE_RANGE = 8.0  # guidance scales 1..1 + GUIDANCE_RANGE map onto the embedding's [0, 1]
+
+
+def guidance_code(w: torch.Tensor) -> torch.Tensor:
+    """A guidance scale w (B,) as the [0, 1] input of the sinusoidal embedding (0 at w = 1)."""
+    return ((w.float() - 1.0) / GUIDANCE_RANGE).clamp(0.0, 1.0)
+
+
 class ResidualBlock(nn.Module):
     """GroupNorm -> conv3x3 -> SiLU -> conv3x3, plus a (1x1-projected) shortcut.
 
@@ -172,6 +180,10 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         prediction_type: what the output is, "epsilon" (the paper: the noise) or "v_prediction"
             (v = alpha * eps - sigma * x0: at high noise it is the image itself, so identity
             shapes the loss at every noise level).
+        guidance_embedding: FiLM only: the network also takes a classifier-free guidance scale w
+            and predicts the guided output null + w (identity - null) in *one* pass (guidance
+            distillation, Meng et al. 2023, stage 1; trained by the `distill` stage from a
+            network without it). w = 1 is the plain conditional prediction.
     """
 
     @register_to_config
@@ -181,7 +193,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                  noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
                  cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False,
                  identity_scale: float = 1.0, prediction_type: str = "epsilon", identity_map_levels: int = 0,
-                 identity_map_channels: int = 16):
+                 identity_map_channels: int = 16, guidance_embedding: bool = False):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
@@ -206,6 +218,14 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                                               nn.Linear(cond_dim, cond_dim))
             # stands in for the identity when it is dropped (classifier-free guidance)
             self.null_identity = nn.Parameter(torch.zeros(id_dim))
+        if guidance_embedding:
+            if not film:
+                raise ValueError("a guidance embedding needs conditioning='film'")
+            self.guidance_mlp = nn.Sequential(nn.Linear(noise_embedding_dim, cond_dim), nn.SiLU(),
+                                              nn.Linear(cond_dim, cond_dim))
+            # zero at the start: a fresh student predicts what its teacher does without guidance
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.body = UNetBody(in_channels, out_channels, tuple(block_out_channels), layers_per_block,
                              norm_groups, cond_dim if film else 0,
                              input_extra=0 if film else noise_embedding_dim + id_dim,
@@ -227,6 +247,11 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         """Whether the model has a null identity (FiLM), the unconditional branch of CFG."""
         return self.config.conditioning == "film"
 
+    @property
+    def distilled_guidance(self) -> bool:
+        """Whether a guidance scale is an input (one pass per guided step) instead of two passes."""
+        return bool(self.config.get("guidance_embedding", False))
+
     def identity_rows(self, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The table's rows as the generator reads them, (num_identities, id_dim) or (B, id_dim)."""
         rows = self.identity_embedding.weight if labels is None else self.identity_embedding(labels)
@@ -234,13 +259,14 @@ class IdentityUNet(ModelMixin, ConfigMixin):
 
     def forward(self, x: torch.Tensor, noise_var: torch.Tensor, identity: torch.Tensor,
                 extra_features: torch.Tensor | None = None,
-                drop_identity: torch.Tensor | None = None) -> torch.Tensor:
+                drop_identity: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """x (B,3,H,W) in about [-1, 1]; noise_var (B,) in [0, 1]; identity (B, id_dim).
 
         `extra_features`, when given, is added to the stem output (B, c0, H, W): the
         entry point of the pose encoder of the pose-conditioned variant.
         `drop_identity` (B,) bool replaces those samples' identity by the learned null
         identity (FiLM only): classifier-free guidance's unconditional branch.
+        `guidance` (B,) scales w, for a network with a guidance embedding (None: w = 1).
         """
         cfg = self.config
         b, _, h, w = x.shape
@@ -255,7 +281,14 @@ class IdentityUNet(ModelMixin, ConfigMixin):
             if drop_identity is not None:
                 ident = torch.where(drop_identity[:, None], self.null_identity.to(x.dtype), ident)
             id_emb = self.identity_mlp(ident * cfg.identity_scale)
-            cond = F.silu(self.noise_mlp(noise_emb) + id_emb)
+            pre = self.noise_mlp(noise_emb) + id_emb
+            if self.distilled_guidance:
+                scale = torch.ones(b, device=x.device) if guidance is None else guidance.to(x.device).expand(b)
+                code = sinusoidal_embedding(guidance_code(scale), cfg.noise_embedding_dim).to(x.dtype)
+                pre = pre + self.guidance_mlp(code)
+            elif guidance is not None:
+                raise ValueError("this network has no guidance embedding: guide it with two passes")
+            cond = F.silu(pre)
             maps = {}
             for r, lin, proj in zip(getattr(self, "map_levels", ()), getattr(self, "identity_maps", ()),
                                     getattr(self, "identity_map_proj", ())):

@@ -1,7 +1,7 @@
 """The stages in order, each loading what the earlier ones saved.
 
-    joint recipe: baseline | joint (Img2ID + table, then generator) -> prior -> img2noise -> pose
-                  -> uncertainty
+    joint recipe: baseline | joint (Img2ID + table, then generator) -> distill -> prior -> img2noise
+                  -> pose -> uncertainty
     paper recipe: baseline | generator -> prior -> img2id -> img2noise -> pose -> uncertainty
 
 The baseline never sees the generator (it is the judge of generated identities), so it
@@ -15,28 +15,36 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..config import (BaselineConfig, GeneratorConfig, Img2IDConfig, Img2NoiseConfig, JointConfig, PoseConfig,
+from ..config import (BaselineConfig, DistillConfig, GeneratorConfig, Img2IDConfig, Img2NoiseConfig, JointConfig, PoseConfig,
                       Preset, PriorConfig, UncertaintyConfig)
 from ..io import atomic_write_json
 from ..weights import IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, has_component, load_component
 
-STAGES = ("baseline", "joint", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")
-RECIPE_STAGES = {"joint": ("baseline", "joint", "prior", "img2noise", "pose", "uncertainty"),
+STAGES = ("baseline", "joint", "distill", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")
+RECIPE_STAGES = {"joint": ("baseline", "joint", "distill", "prior", "img2noise", "pose", "uncertainty"),
                  "paper": ("baseline", "generator", "prior", "img2id", "img2noise", "pose", "uncertainty")}
-# which stage trains a component
-COMPONENT_STAGE = {"generator": "generator", "img2id": "img2id", "prior": "prior", "img2noise": "img2noise",
-                   "pose_encoder": "pose", "pose_generator": "pose", "baseline": "baseline",
-                   "uncertainty": "uncertainty"}
+# which stages train a component (a run's training log is keyed by stage)
+COMPONENT_STAGES = {"generator": ("joint", "generator", "distill"), "img2id": ("joint", "img2id"),
+                    "prior": ("prior",), "img2noise": ("img2noise",), "pose_encoder": ("pose",),
+                    "pose_generator": ("pose",), "baseline": ("baseline",), "uncertainty": ("uncertainty",)}
 # what a stage leaves in the run folder when done (a finished stage is skipped on --resume)
-STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "generator": "generator", "prior": "prior",
+STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "distill": "generator", "generator": "generator", "prior": "prior",
                  "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder", "uncertainty": "uncertainty"}
 DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npz")
 _SCHEDULE_FIELDS = ("_steps", "checkpoint_every", "snapshot_every")
 # the preset fields each stage trains with (the rest are shared by every stage)
 STAGE_CONFIGS = {"baseline": (BaselineConfig,), "joint": (GeneratorConfig, JointConfig, Img2IDConfig),
+                 "distill": (DistillConfig,),
                  "generator": (GeneratorConfig,), "prior": (PriorConfig,), "img2id": (Img2IDConfig,),
                  "img2noise": (Img2NoiseConfig, "synth_images"), "pose": (PoseConfig,),
                  "uncertainty": (UncertaintyConfig,)}
+
+
+def drop_derived(out: Path) -> None:
+    """Forget what an older generator made (the synthetic bank, inverted noise): stale now."""
+    for pattern in DERIVED_FROM_GENERATOR:
+        for f in (Path(out) / "checkpoints").glob(pattern):
+            f.unlink()
 
 
 def stage_fields(stage: str) -> set[str]:
@@ -98,6 +106,7 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
     """Run the chosen stages (default: the preset's recipe) in order."""
     from .baseline import train_baseline
     from .common import load_train_data
+    from .distill import train_distill
     from .generator import train_generator
     from .img2id import train_img2id
     from .img2noise import train_img2noise
@@ -131,6 +140,8 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
                                 stdout=subprocess.DEVNULL, stderr=open(out / "baseline.log", "w"))
 
     def done(stage):
+        if stage == "distill":  # the joint stage writes a generator too: only a distilled one says done
+            return resume and has_component(out, "generator") and load("generator").distilled_guidance
         return resume and has_component(out, STAGE_OUTPUTS[stage])
 
     def load(component):
@@ -145,10 +156,13 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
         if stage == "baseline":
             train_baseline(data_, preset, out, **kw)
         elif stage in ("joint", "generator"):
-            for pattern in DERIVED_FROM_GENERATOR:  # made by an older generator: stale now
-                for f in (out / "checkpoints").glob(pattern):
-                    f.unlink()
+            drop_derived(out)
             (train_joint if stage == "joint" else train_generator)(data_, preset, out, **kw)
+        elif stage == "distill":
+            if not preset.distill_steps:
+                continue
+            drop_derived(out)
+            train_distill(data_, load("generator"), load("img2id"), preset, out, **kw)
         elif stage == "prior":
             train_prior(load("generator"), preset, out, device=device, resume=resume, progress=progress)
         elif stage == "img2id":

@@ -90,8 +90,9 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
     plain_t, flipped_t = to_tensor(plain), to_tensor(flipped)
 
     torch.manual_seed(preset.seed)
-    gen = IdentityUNet.from_config(generator.config).to(device)
-    gen.load_state_dict(generator.state_dict())
+    # the pose guider samples with two-pass guidance: it drops a distilled generator's guidance embedding
+    gen = IdentityUNet.from_config(generator.config, guidance_embedding=False).to(device)
+    gen.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith("guidance_mlp.")})
     if _same_generator(init, generator):
         # the generator is the one the init's pose guider was tuned from: go on from that tuning
         gen = start_weights(gen, init, "pose_generator")
