@@ -69,6 +69,7 @@ class DistillConfig:
     distill_lr: float = 2e-4
     distill_warmup: int = 50
     distill_max_scale: float = 6.0
+    distill_bank: int = 0                            # teacher's guided sampling trajectories half of each batch reads
 
 
 @dataclass

@@ -33,7 +33,7 @@ def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor,
 
 def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 10,
                 extra_features_fn=None, grad: bool = False, guidance_scale: float = 1.0,
-                guidance_steps: int | None = None, guidance_start: int = 0) -> torch.Tensor:
+                guidance_steps: int | None = None, guidance_start: int = 0, trace: list | None = None) -> torch.Tensor:
     """GEN(identity, noise): deterministic DDIM (eta = 0) from pure noise to an image.
 
     `grad=True` keeps the graph, so a loss on the output reaches `noise` (Img2Noise
@@ -45,6 +45,7 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
     top-1; steps 2-9 70.3% with more diversity; 4-9 65.9%; 0-4 61.1%; 2-8 67.0%: the two
     noisiest steps can go unguided, the last ones cannot. A guidance-distilled network
     (`unet.distilled_guidance`) takes each step's scale as an input: one pass per step.
+    `trace`, when given, receives (x, timestep, scale, prediction) for every step.
     """
     sched = make_scheduler(prediction_type=prediction_type(unet))
     sched.set_timesteps(steps, device=noise.device)
@@ -55,7 +56,10 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
         for i, t in enumerate(sched.timesteps):
             var = noise_variance(sched, t.expand(b))
             extra = extra_features_fn() if extra_features_fn is not None else None
-            eps = guided_eps(unet, x, var, identity, guidance_scale if guidance_start <= i < end else 1.0, extra)
+            scale = guidance_scale if guidance_start <= i < end else 1.0
+            eps = guided_eps(unet, x, var, identity, scale, extra)
+            if trace is not None:
+                trace.append((x, t, scale, eps))
             x = sched.step(eps, t, x).prev_sample
     return x.clamp(-1.0, 1.0)
 

@@ -4,7 +4,10 @@ in one pass, what a frozen copy of itself predicts with classifier-free guidance
 
     L = | GEN_s(x_t, t, c, w) - [GEN(x_t, t, null) + w (GEN(x_t, t, c) - GEN(x_t, t, null))] |_1
 
-x_t are training images noised at a uniform level; c is the identity the apps sample with:
+x_t are training images noised at a uniform level, and (with `distill_bank` > 0, half of each
+batch) the states of the teacher's own guided sampling chains, as deployed (the scale on steps
+guidance_start.., 1 before), whose predictions are stored with them: the states the student
+meets when it samples, which noised real images are not. c is the identity the apps sample with:
 the image's table row (Generate) or Img2ID's vector of the image (Invert, swaps), in the
 joint recipe's proportions; w is 1 (the plain conditional prediction, which inversion and
 Img2Noise's chain read), the preset's scale, or uniform on [1, distill_max_scale], a third
@@ -15,13 +18,16 @@ in 100 ms on two cores (docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
 from ..config import Preset
-from ..diffusion import guided_eps
+from ..diffusion import ddim_sample, guided_eps
+from ..io import atomic_savez
 from ..models import IdentityUNet
 from ..schedule import NUM_TRAIN_TIMESTEPS, make_scheduler, noise_variance
 from .common import TrainData, channels_last, finish, flip_where, loss_record, write_log
@@ -29,6 +35,8 @@ from .generator import make_sampler
 from .img2noise import embed_crops
 from .loop import TrainLoop, warmup_cosine
 from .snapshots import snapshot_writer
+
+BANK_FILE = "distill_bank.npz"
 
 
 def student_of(teacher: IdentityUNet) -> IdentityUNet:
@@ -49,6 +57,59 @@ def draw_scales(n: int, preset: Preset, g: torch.Generator) -> torch.Tensor:
                                                                 uniform))
 
 
+def teacher_key(teacher: IdentityUNet, preset: Preset, n: int) -> str:
+    """What a trajectory bank was made from: the teacher's weights and the sampling it followed."""
+    h = hashlib.sha1()
+    for v in teacher.state_dict().values():
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    h.update(repr(("guided 3/4", n, preset.seed, preset.sample_steps, preset.guidance_scale, preset.guidance_steps,
+                   preset.guidance_start, tuple(preset.image_size))).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def trajectory_bank(teacher: IdentityUNet, identities: torch.Tensor, guided: torch.Tensor, preset: Preset,
+                    device: str, progress: bool = True, batch: int = 128) -> dict:
+    """The teacher's DDIM chains from seeded noise under `identities` (n, id_dim), guided as the
+    engine samples where `guided` (n,) is set, plain (scale 1: how Invert rebuilds a photo and
+    Img2Noise trains) elsewhere. Per chain and step: the state x (n, steps, 3, H, W), the
+    teacher's prediction there (the student's target), the timestep and the scale (fp16 states)."""
+    from tqdm.auto import tqdm
+    n, steps = len(identities), preset.sample_steps
+    noise = torch.randn(n, 3, *preset.image_size, generator=torch.Generator().manual_seed(preset.seed + 1))
+    states = torch.zeros(n, steps, 3, *preset.image_size, dtype=torch.float16)
+    targets = torch.zeros_like(states)
+    timesteps, scales = torch.zeros(steps, dtype=torch.long), torch.ones(n, steps)
+    for on in (True, False):
+        which = torch.nonzero(guided == on).flatten()
+        for i in tqdm(range(0, len(which), batch), desc="teacher chains", disable=not progress, leave=False):
+            sel, trace = which[i:i + batch], []
+            ddim_sample(teacher, identities[sel].to(device), noise[sel].to(device), steps,
+                        guidance_scale=preset.guidance_scale if on else 1.0,
+                        guidance_steps=preset.guidance_steps or None, guidance_start=preset.guidance_start,
+                        trace=trace)
+            for k, (x, t, w, pred) in enumerate(trace):
+                states[sel, k], targets[sel, k] = x.half().cpu(), pred.half().cpu()
+                timesteps[k], scales[sel, k] = int(t), float(w)
+    return {"states": states, "targets": targets, "ids": identities.float().cpu(), "timesteps": timesteps,
+            "scales": scales}
+
+
+def load_or_make_trajectories(teacher, identities, guided, preset: Preset, out: Path, device: str,
+                              progress: bool) -> dict:
+    """The trajectory bank, cached in the run's checkpoints for as long as the teacher is the same."""
+    path = Path(out) / "checkpoints" / BANK_FILE
+    key = teacher_key(teacher, preset, len(identities))
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return {k: torch.from_numpy(z[k]) for k in ("states", "targets", "ids", "timesteps", "scales")}
+    bank = trajectory_bank(teacher, identities, guided, preset, device, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_savez(path, key=np.array(key), **{k: v.numpy() for k, v in bank.items()})
+    return bank
+
+
 def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset, out: Path, *,
                   init: Path | None = None, device: str = "cpu", resume: bool = False, progress: bool = True):
     if not teacher.supports_guidance:
@@ -61,9 +122,18 @@ def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset
     opt = torch.optim.Adam(params, lr=preset.distill_lr)
     ema = EMAModel(params, decay=preset.ema_decay)
     sched = make_scheduler()
-    sampler = make_sampler(data, preset.distill_batch, preset.gen_K or 4)
     labels = data.labels_t
     image_ids = embed_crops(img2id.to(device), data.crops, device)  # what Invert reads from a photo
+    n_bank = preset.distill_batch // 2 if preset.distill_bank else 0
+    if n_bank:  # guided chains under training rows (Generate) and Img2ID's vectors of photos (swaps),
+        # plain chains under Img2ID's vectors (Invert, Img2Noise): a half, a quarter, a quarter
+        pick = np.random.default_rng(preset.seed).integers(0, len(labels), preset.distill_bank)
+        half = len(pick) // 2
+        rows = student.identity_rows(labels[pick[:half]].to(device)).detach().cpu()
+        guided = torch.arange(len(pick)) < half + (len(pick) - half) // 2
+        bank = load_or_make_trajectories(teacher, torch.cat([rows, image_ids[pick[half:]]]), guided, preset, out,
+                                         device, progress)
+    sampler = make_sampler(data, preset.distill_batch - n_bank, preset.gen_K or 4)
     loop = TrainLoop("distill", out, seed=preset.seed, steps=preset.distill_steps, modules={"generator": student},
                      optimizer=opt, schedules=[warmup_cosine(preset.distill_steps, preset.distill_warmup)],
                      ema=ema, ema_params=params, checkpoint_every=preset.checkpoint_every,
@@ -83,6 +153,14 @@ def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset
         w = draw_scales(b, preset, g).to(device)
         with torch.no_grad():
             target = guided_eps(teacher, x_t, var, c, w)
+        if n_bank:
+            j = torch.from_numpy(rng.integers(0, len(bank["ids"]), n_bank))
+            k = torch.from_numpy(rng.integers(0, preset.sample_steps, n_bank))
+            x_t = torch.cat([x_t, bank["states"][j, k].float().to(device)])
+            var = torch.cat([var, noise_variance(sched, bank["timesteps"][k]).to(device)])
+            c = torch.cat([c, bank["ids"][j].to(device)])
+            w = torch.cat([w, bank["scales"][j, k].to(device)])
+            target = torch.cat([target.float(), bank["targets"][j, k].float().to(device)])
         loss = (student(x_t, var, c, guidance=w).float() - target.float()).abs().mean()
         return {"loss": loss}
 
