@@ -23,7 +23,7 @@ from PIL import Image
 
 from reid_core.data import DatasetError, ImageError, cache_dir
 from reid_core.io import atomic_savez
-from reid_core.engine import Certainty, Inversion
+from reid_core.engine import SWAP_KEEP, Certainty, Inversion
 from reid_core.explore import IdentityMap, grid, noise_to_image, slider_ranges, upscale
 
 from . import common
@@ -271,16 +271,18 @@ class ReIDApp:
                 upscale(noise_to_image(inv.noise), self.scale), fig, caption)
 
     @_plain_errors
-    def swap(self, photo, method: str, source: str, index, prior_seed):
+    def swap(self, photo, method: str, source: str, index, prior_seed, keep=SWAP_KEEP):
         """Another identity rendered on this photo's noise -> (sheet: input | reconstruction | swap, caption)."""
         _need_photo(photo)
         if source not in SWAP_SOURCES:
             raise ValueError(f"swap identity must be one of {', '.join(SWAP_SOURCES)}")
+        keep = float(SWAP_KEEP if keep is None else keep)
         inv = self._inversion(photo, method)
         vector, what = common.choose_identity(self.engine, source, index, prior_seed)
-        swapped = self.engine.generate(vector, noise=inv.noise)[0]
+        swapped = self.engine.swap(vector, inv, keep=keep)
         sheet = grid([inv.input, inv.reconstruction, swapped], cols=3, scale=self.scale)
-        return sheet, f"left: the photo · middle: its reconstruction · right: **{what}** on the photo's noise"
+        return sheet, (f"left: the photo · middle: its reconstruction · right: **{what}** on the photo's noise "
+                       f"({keep:.0%} of it kept)")
 
     # ------------------------------------------------------------ latent sliders
     def _coords(self, vector: np.ndarray) -> list[float]:
@@ -603,6 +605,8 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                             s_index = gr.Number(value=1, precision=0, minimum=0,
                                                 maximum=engine.num_identities - 1, label="Training identity index")
                             s_prior = gr.Number(value=0, precision=0, minimum=0, label="Prior seed")
+                        s_keep = gr.Slider(0.0, 1.0, value=SWAP_KEEP, step=0.05, label="How much of the photo's "
+                                           "noise to keep (1: all, its colours win; 0: none, a fresh pose)")
                         s_btn = gr.Button("Swap identity", elem_id="swap-btn")
                     with gr.Column(scale=2):
                         s_out = gr.Image(label="Photo · reconstruction · swapped", format="png",
@@ -610,7 +614,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                         s_caption = gr.Markdown()
             i_btn.click(app.invert, [i_photo, i_method], [i_input, i_rec, i_noise, i_plot, i_caption],
                         api_name="invert", **MODEL)
-            s_btn.click(app.swap, [i_photo, i_method, s_source, s_index, s_prior], [s_out, s_caption],
+            s_btn.click(app.swap, [i_photo, i_method, s_source, s_index, s_prior, s_keep], [s_out, s_caption],
                         api_name="swap", **MODEL)
 
         # ---------------------------------------------------------- Latent sliders

@@ -20,7 +20,7 @@ from app import common
 from app.streamlit_server import fix_streamlit_gzip
 from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCES
 from reid_core.data import DatasetError, ImageError
-from reid_core.engine import ReIDEngine, WeightsError
+from reid_core.engine import SWAP_KEEP, ReIDEngine, WeightsError
 from reid_core.explore import grid, noise_to_image, slider_ranges, upscale
 
 
@@ -174,13 +174,15 @@ def tab_invert(engine, scale):
             c1, c2 = st.columns([1, 2])
             with c1:
                 source, index, prior_seed, _ = identity_controls(engine, "swap", with_photo=False)
+                keep = st.slider("How much of the photo's noise to keep (1: all, its colours win; 0: none)",
+                                 0.0, 1.0, SWAP_KEEP, 0.05, key="swap-keep")
                 go_swap = st.button("Swap identity", key="swap-btn")
             if go_swap:
                 try:
                     vector, what = common.choose_identity(engine, source, index, prior_seed)
-                    swapped = engine.generate(vector, noise=inv.noise)[0]
+                    swapped = engine.swap(vector, inv, keep=keep)
                     show_images(c2, grid([inv.input, inv.reconstruction, swapped], cols=3, scale=1, pad=1),
-                                f"photo · reconstruction · {what} on the photo's noise", scale)
+                                f"photo · reconstruction · {what} on the photo's noise ({keep:.0%} of it kept)", scale)
                 except ValueError as e:
                     show_error(e)
 

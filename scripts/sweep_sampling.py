@@ -14,7 +14,7 @@ line per setting, the same figures as `benchmark.py --sections consistency`.
 schedule and timesteps (an experiment: the engine samples with DDIM, which Img2Noise's chain
 was trained through).
 
-    python scripts/sweep_sampling.py --swap --settings 3 4 5 6 [--pairs 200]
+    python scripts/sweep_sampling.py --swap --settings 3 4 5 6 [--pairs 200] [--keep 1 0.5 0]
 
 `--swap`: the guidance scale of identity swaps instead (each setting's scale), the figures of
 `benchmark.py --sections swap` on other pairs of training images (seed 1; the benchmark's are seed 0).
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--swap", action="store_true", help="sweep the swap's guidance scale")
     ap.add_argument("--pairs", type=int, default=200, help="--swap: pairs of training images")
+    ap.add_argument("--keep", type=float, nargs="+", default=[1.0],
+                    help="--swap: shares of B's noise kept (engine.swap_noise)")
     ap.add_argument("--sampler", nargs="+", default=["ddim"], choices=SAMPLERS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -68,9 +70,9 @@ def main() -> None:
         from benchmark import swap_figures  # scripts/benchmark.py
         for spec in a.settings:
             engine.guidance_scale = float(spec.split(",")[0])
-            r, _ = swap_figures(engine, a.data, a.pairs, seed=1, transfer=False)
-            print(json.dumps({"guidance_scale": engine.guidance_scale,
-                              **{k: r[k] for k in ("judged_as_A", "judged_as_B", "pose_pck02_vs_B")}}), flush=True)
+            r, _ = swap_figures(engine, a.data, a.pairs, seed=1, transfer=False, keeps=tuple(a.keep))
+            for keep, f in r["by_keep"].items():
+                print(json.dumps({"guidance_scale": engine.guidance_scale, "keep": float(keep), **f}), flush=True)
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
     unit_noise = engine.noise

@@ -74,6 +74,11 @@ def test_generate_invert_swap(client, photo, tiny_weights):
     assert "ddim" in cap
     sheet, cap = client.predict(_file(photo), "img2noise", "New identity (prior)", 0, 3, api_name="/swap")
     assert "seed 3" in cap and Image.open(sheet).size[0] > 2.5 * Image.open(inp).size[0]   # photo | rec. | swap
+    assert "50% of it kept" in cap  # the default share of the photo's noise
+    whole, cap = client.predict(_file(photo), "img2noise", "New identity (prior)", 0, 3, 1.0, api_name="/swap")
+    assert "100% of it kept" in cap
+    a, b = (np.asarray(Image.open(p).convert("RGB"), np.int64) for p in (sheet, whole))
+    assert np.abs(a - b).mean() > 0  # the share of the noise kept changes the swap
 
 
 def test_latent_sliders(client):

@@ -238,12 +238,21 @@ def test_the_package_exports_the_engine_and_stays_light():
 
 def test_swap_renders_an_identity_on_a_photos_noise(engine, synthetic_market):
     a, b = sorted((synthetic_market / "query").glob("*.jpg"))[:2]
-    noise = engine.invert(b).noise
-    by_row = np.asarray(engine.swap(3, b))
+    inv = engine.invert(b)
+    noise = inv.noise
+    by_row = np.asarray(engine.swap(3, b, keep=1.0))  # the paper's swap: the photo's whole noise
     np.testing.assert_array_equal(by_row, np.asarray(engine.generate(3, noise=noise)[0]))
-    by_photo = np.asarray(engine.swap(a, b))
+    by_photo = np.asarray(engine.swap(a, inv, keep=1.0))
     np.testing.assert_array_equal(by_photo, np.asarray(engine.generate(engine.embed([a])[0], noise=noise)[0]))
     assert np.abs(by_row.astype(int) - by_photo.astype(int)).mean() > 0
+    # by default half the noise's variance is the photo's, half a fresh seeded noise's
+    blended = engine.swap_noise(noise, 0.5, seed=7)
+    np.testing.assert_allclose(blended, np.sqrt(0.5) * (noise + engine.noise(7)[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(engine.swap(3, inv, seed=7)),
+                                  np.asarray(engine.generate(3, noise=blended)[0]))
+    np.testing.assert_array_equal(engine.swap_noise(noise[None], 0.0, seed=7)[0], engine.noise(7)[0])
+    with pytest.raises(ValueError, match="keep"):
+        engine.swap_noise(noise, 1.5)
     # generate's own guidance scale overrides the engine's for that call only
     assert engine.generator.supports_guidance
     stronger = np.asarray(engine.generate(3, noise=noise, guidance_scale=engine.guidance_scale + 3.0)[0])
