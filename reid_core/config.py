@@ -65,7 +65,7 @@ class DistillConfig:
     guidance scale w as an input and predict the guided output in one pass, from a frozen copy
     of itself guided with two. w is drawn from {1, guidance_scale, U[1, distill_max_scale]}.
     Measured on the shipped generator (docs/BENCHMARKS.md): one picture 84-93 ms instead of
-    117-128, but judge top-1 66.5% instead of 70.3% after 3,000 steps: off in `cpu`."""
+    117-128, but judge top-1 66.9% instead of 70.3% after 3,600 steps: off in `cpu`."""
     distill_steps: int = 0                           # 0: no distillation (guided steps cost two passes)
     distill_batch: int = 32
     distill_lr: float = 2e-4
