@@ -22,6 +22,7 @@ DEFAULT_WEIGHTS = "weights"
 TRAINING, PRIOR, PHOTO = "Training identity", "New identity (prior)", "From a photo"
 IDENTITY_SOURCES = (TRAINING, PRIOR, PHOTO)
 SWAP_SOURCES = (TRAINING, PRIOR)
+SWAP_KEEP_LABEL = "How much of the photo's noise to keep (1: all, its colours win; 0: none, a fresh pose)"
 METHODS = ("img2noise", "ddim")
 MAX_SEEDS = 16
 SCALE = 4            # display upscaling of model-size images (64x32 -> 256x128)

@@ -27,7 +27,7 @@ from reid_core.engine import SWAP_KEEP, Certainty, Inversion
 from reid_core.explore import IdentityMap, grid, noise_to_image, slider_ranges, upscale
 
 from . import common
-from .common import IDENTITY_SOURCES, METHODS, SWAP_SOURCES, TRAINING
+from .common import IDENTITY_SOURCES, METHODS, SWAP_KEEP_LABEL, SWAP_SOURCES, TRAINING
 
 TITLE = "Generative person re-identification"
 CONCURRENCY = 2  # simultaneous model calls: one per core of a 2-core CPU
@@ -605,8 +605,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                             s_index = gr.Number(value=1, precision=0, minimum=0,
                                                 maximum=engine.num_identities - 1, label="Training identity index")
                             s_prior = gr.Number(value=0, precision=0, minimum=0, label="Prior seed")
-                        s_keep = gr.Slider(0.0, 1.0, value=SWAP_KEEP, step=0.05, label="How much of the photo's "
-                                           "noise to keep (1: all, its colours win; 0: none, a fresh pose)")
+                        s_keep = gr.Slider(0.0, 1.0, value=SWAP_KEEP, step=0.05, label=SWAP_KEEP_LABEL)
                         s_btn = gr.Button("Swap identity", elem_id="swap-btn")
                     with gr.Column(scale=2):
                         s_out = gr.Image(label="Photo · reconstruction · swapped", format="png",

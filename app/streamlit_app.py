@@ -18,7 +18,7 @@ from PIL import Image
 
 from app import common
 from app.streamlit_server import fix_streamlit_gzip
-from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_SOURCES
+from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_KEEP_LABEL, SWAP_SOURCES
 from reid_core.data import DatasetError, ImageError
 from reid_core.engine import SWAP_KEEP, ReIDEngine, WeightsError
 from reid_core.explore import grid, noise_to_image, slider_ranges, upscale
@@ -174,8 +174,7 @@ def tab_invert(engine, scale):
             c1, c2 = st.columns([1, 2])
             with c1:
                 source, index, prior_seed, _ = identity_controls(engine, "swap", with_photo=False)
-                keep = st.slider("How much of the photo's noise to keep (1: all, its colours win; 0: none)",
-                                 0.0, 1.0, SWAP_KEEP, 0.05, key="swap-keep")
+                keep = st.slider(SWAP_KEEP_LABEL, 0.0, 1.0, SWAP_KEEP, 0.05, key="swap-keep")
                 go_swap = st.button("Swap identity", key="swap-btn")
             if go_swap:
                 try:

@@ -119,7 +119,7 @@ def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
     shipped weights stays on record across sessions."""
     old = json.loads((continues / "training_log.json").read_text()).get("history", [])
     log = json.loads((out / "training_log.json").read_text())
-    new = [{"run": str(run), "what": STAGE_WHAT[k] + f" (--init {continues.name})" * (k in ("joint", "generator", "distill")),
+    new = [{"run": str(run), "what": STAGE_WHAT[k] + f" (--init {continues.name})" * (k in COMPONENT_STAGES["generator"]),
             "steps": v["steps"], "minutes": v["minutes"]}
            for k, v in log.items() if k in STAGE_WHAT and isinstance(v, dict) and "minutes" in v]
     if "baseline" in log and not any("baseline" in h["what"] for h in old):

@@ -272,6 +272,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         b, _, h, w = x.shape
         if identity is None or identity.shape != (b, cfg.id_dim):
             raise ValueError(f"identity must have shape ({b}, {cfg.id_dim})")
+        if guidance is not None and not self.distilled_guidance:
+            raise ValueError("this network has no guidance embedding: guide it with two passes")
         ident = identity.to(x.dtype)
         feats = self.body.stem(x)
         if extra_features is not None:
@@ -286,8 +288,6 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                 scale = torch.ones(b, device=x.device) if guidance is None else guidance.to(x.device).expand(b)
                 code = sinusoidal_embedding(guidance_code(scale), cfg.noise_embedding_dim).to(x.dtype)
                 pre = pre + self.guidance_mlp(code)
-            elif guidance is not None:
-                raise ValueError("this network has no guidance embedding: guide it with two passes")
             cond = F.silu(pre)
             maps = {}
             for r, lin, proj in zip(getattr(self, "map_levels", ()), getattr(self, "identity_maps", ()),

@@ -28,7 +28,7 @@ COMPONENT_STAGES = {"generator": ("joint", "generator", "distill"), "img2id": ("
                     "prior": ("prior",), "img2noise": ("img2noise",), "pose_encoder": ("pose",),
                     "pose_generator": ("pose",), "baseline": ("baseline",), "uncertainty": ("uncertainty",)}
 # what a stage leaves in the run folder when done (a finished stage is skipped on --resume)
-STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "distill": "generator", "generator": "generator", "prior": "prior",
+STAGE_OUTPUTS = {"baseline": "baseline", "joint": "img2id", "generator": "generator", "prior": "prior",
                  "img2id": "img2id", "img2noise": "img2noise", "pose": "pose_encoder", "uncertainty": "uncertainty"}
 DERIVED_FROM_GENERATOR = ("synth_bank.npz", "inverted_noise_*.npz")
 _SCHEDULE_FIELDS = ("_steps", "checkpoint_every", "snapshot_every")
@@ -141,7 +141,8 @@ def train(data, preset: Preset, out, stages=None, *, resume: bool = False, init=
 
     def done(stage):
         if stage == "distill":  # the joint stage writes a generator too: only a distilled one says done
-            return resume and has_component(out, "generator") and load("generator").distilled_guidance
+            return resume and has_component(out, "generator") and \
+                bool(json.loads((out / "generator" / "config.json").read_text()).get("guidance_embedding"))
         return resume and has_component(out, STAGE_OUTPUTS[stage])
 
     def load(component):
