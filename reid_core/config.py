@@ -112,6 +112,8 @@ class Img2NoiseConfig:
     """Img2Noise: image (+ its identity) -> the noise that rebuilds it."""
     noise_channels: tuple[int, ...] = (48, 96, 192, 384)
     noise_layers_per_block: int = 2
+    noise_refine_channels: int = 0  # Img2Noise's full-resolution correction head (0: none)
+    noise_refine_layers: int = 2
     img2noise_steps: int = 20_000
     img2noise_batch: int = 32
     img2noise_lr: float = 3e-4

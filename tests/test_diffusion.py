@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reid_core.diffusion import ddim_invert, ddim_sample, guided_eps
 from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder
@@ -118,6 +119,26 @@ def test_normalised_table_rows_and_noise_encoder():
     torch.testing.assert_close(unet.identity_rows(torch.tensor([2])), rows[2:3])
     net = NoiseEncoder(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1)
     assert net(torch.randn(2, 3, 16, 8)).shape == (2, 3, 16, 8)
+
+
+def test_noise_encoder_refine_head_starts_as_the_body_and_learns(tmp_path):
+    """Adding the full-resolution head to a trained Img2Noise (`--init`) keeps its output
+    exactly; the head's gradient is live, so training moves the output."""
+    from reid_core.training.common import start_weights
+    torch.manual_seed(0)
+    body = NoiseEncoder(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1)
+    body.save_pretrained(tmp_path / "img2noise")
+    net = start_weights(NoiseEncoder(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1,
+                                     refine_channels=8, refine_layers=1), tmp_path, "img2noise")
+    x = torch.rand(2, 3, 16, 8) * 2 - 1
+    torch.testing.assert_close(net(x), body(x), rtol=0, atol=0)
+    target = torch.randn(2, 3, 16, 8)
+    opt = torch.optim.Adam(net.refine.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        F.mse_loss(net(x), target).backward()
+        opt.step()
+    assert (net(x) - body(x)).abs().max() > 1e-3
 
 
 def test_img2id_resizes_any_input_and_normalises():

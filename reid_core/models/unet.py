@@ -302,14 +302,31 @@ class IdentityUNet(ModelMixin, ConfigMixin):
 
 class NoiseEncoder(ModelMixin, ConfigMixin):
     """Img2Noise: image (B, 3, H, W) in [-1, 1] -> the noise (B, 3, H, W) that GEN maps back
-    to it under the image's identity (paper Sec. 4). The same U-Net body, unconditioned."""
+    to it under the image's identity (paper Sec. 4). The same U-Net body, unconditioned.
+
+    `refine_channels` > 0 adds a full-resolution head that reads the image beside the body's
+    noise and adds a correction to it (`refine_layers` residual blocks; the fine texture the
+    body's coarse levels lose). Its output convolution starts at zero, so a body trained
+    without it keeps its exact output when the head is added (`--init`)."""
 
     @register_to_config
     def __init__(self, *, sample_size: tuple[int, int] = (64, 32), block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
-                 layers_per_block: int = 2, norm_groups: int = 8):
+                 layers_per_block: int = 2, norm_groups: int = 8, refine_channels: int = 0, refine_layers: int = 2):
         super().__init__()
         _check_size(sample_size, len(block_out_channels))
         self.body = UNetBody(3, 3, tuple(block_out_channels), layers_per_block, norm_groups)
+        self.refine = None
+        if refine_channels:
+            out = nn.Conv2d(refine_channels, 3, 3, padding=1)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.refine = nn.Sequential(
+                nn.Conv2d(6, refine_channels, 3, padding=1),
+                *(ResidualBlock(refine_channels, refine_channels, norm_groups) for _ in range(refine_layers)),
+                nn.GroupNorm(math.gcd(norm_groups, refine_channels), refine_channels), nn.SiLU(), out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.body.stem(x))
+        z = self.body(self.body.stem(x))
+        if self.refine is not None:
+            z = z + self.refine(torch.cat([x, z], dim=1))
+        return z

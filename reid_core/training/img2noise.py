@@ -78,7 +78,9 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
         target_of = torch.arange(len(pick))
         real_z = inverted_noise(generator, images, real_id, preset, out, device, progress)
     net = start_weights(NoiseEncoder(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
-                                     layers_per_block=preset.noise_layers_per_block), init, "img2noise").to(device)
+                                     layers_per_block=preset.noise_layers_per_block,
+                                     refine_channels=preset.noise_refine_channels,
+                                     refine_layers=preset.noise_refine_layers), init, "img2noise").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.img2noise_lr)
     steps = preset.img2noise_steps
     loop = TrainLoop("img2noise", out, seed=preset.seed, steps=steps, modules={"img2noise": net}, optimizer=opt,
