@@ -127,7 +127,7 @@ def choose_identity(engine, source: str, index=0, prior_seed=0, photo=None) -> t
 
 
 def axis_word(engine) -> str:
-    """What a slider moves: one of the identity's dimensions, or one of its principal axes."""
+    """What a slider moves: one of the identity's dimensions, or one of its axes."""
     return "dim" if engine.axes_are_dimensions else "axis"
 
 
@@ -144,8 +144,9 @@ def slider_layout(engine) -> tuple[list[int], list[str], str]:
 
 
 def axes_title(engine) -> str:
-    """The sliders' kind, plural, for captions."""
-    return "Dimensions" if engine.axes_are_dimensions else "Principal axes"
+    """The sliders' kind, plural, for captions: dimensions, visible axes (the directions the
+    generator renders most) or principal axes."""
+    return engine.axes_kind.capitalize()
 
 
 # ---------------------------------------------------------------- per-visitor gallery
@@ -264,19 +265,19 @@ def identity_figure(vector: np.ndarray, title: str = "Identity vector (Img2ID)",
     return fig
 
 
-def sensitivity_figure(sens: np.ndarray, dimensions: bool = True):
+def sensitivity_figure(sens: np.ndarray, kind: str = "dimensions"):
     """Bar chart of `Explorer.sensitivity`: each slider moved by one standard deviation
-    of the training identities along it, both ways."""
+    of the training identities along it, both ways. `kind`: `engine.axes_kind`."""
     import plotly.graph_objects as go
     s = np.asarray(sens, dtype=float)
     top = set(np.argsort(-s)[:5].tolist())
+    dimensions = kind == "dimensions"
     word = "dim" if dimensions else "axis"
     fig = go.Figure(go.Bar(x=list(range(len(s))), y=s,
                            marker_color=["#f18f01" if i in top else "#9aa5b1" for i in range(len(s))],
                            hovertemplate=word + " %{x}: %{y:.2f}<extra></extra>"))
-    kind = "dimensions" if dimensions else "principal axes"
     fig.update_layout(title=f"Which {kind} move the picture (mean |pixel change| for ±1 sd of the training identities)",
-                      xaxis_title="dimension" if dimensions else "principal axis", yaxis_title="mean |Δ pixel| (0-255)",
+                      xaxis_title="dimension" if dimensions else kind.replace("axes", "axis"), yaxis_title="mean |Δ pixel| (0-255)",
                       height=300,
                       margin=dict(l=50, r=20, t=50, b=40), template="plotly_white")
     fig.update_xaxes(dtick=2)

@@ -344,7 +344,7 @@ class ReIDApp:
 
     def _sensitivity_outputs(self, sens):
         top = np.argsort(-sens)[:5]
-        return (common.sensitivity_figure(sens, self.engine.axes_are_dimensions),
+        return (common.sensitivity_figure(sens, self.engine.axes_kind),
                 f"{common.axes_title(self.engine)} that move this picture most: "
                 + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
 

@@ -243,7 +243,7 @@ def tab_sliders(engine, scale):
         top = np.argsort(-sens)[:5]
         st.markdown(f"{common.axes_title(engine)} that move this picture most: "
                     + ", ".join(f"**{d}** ({sens[d]:.1f})" for d in top))
-        st.plotly_chart(common.sensitivity_figure(sens, engine.axes_are_dimensions), key="lat-sens")
+        st.plotly_chart(common.sensitivity_figure(sens, engine.axes_kind), key="lat-sens")
 
 
 def tab_reid(engine, scale, folders):

@@ -441,25 +441,42 @@ class ReIDEngine:
         """(num_axes, id_dim) orthonormal directions the sliders move along.
 
         Up to MAX_AXES dimensions they are the identity's own dimensions (the paper's
-        Fig. 11 moves one of its 32); a wider identity is shown along the principal axes
-        of the trained rows, largest variance first (sign fixed: largest component > 0).
+        Fig. 11 moves one of its 32). A wider identity is shown along the directions the
+        generator renders most, when the weights carry them (`evaluate.sensitive_axes`, found
+        at export), else along the principal axes of the trained rows, largest variance first.
         """
         if self._axes is None:
             d = self.preset.id_dim
+            shipped = None
+            if d > MAX_AXES and self.weights_dir is not None:
+                from .weights import load_slider_axes
+                shipped = load_slider_axes(self.weights_dir, self.fingerprint, (MAX_AXES, d))
             if d <= MAX_AXES:
-                axes = np.eye(d, dtype=np.float32)
+                axes, kind = np.eye(d, dtype=np.float32), "dimensions"
+            elif shipped is not None:
+                axes, kind = shipped, "visible axes"
             else:
+                from .evaluate import fix_signs
                 rows = self.identity_table - self.identity_table.mean(0)
                 _, _, vt = np.linalg.svd(rows.astype(np.float64), full_matrices=False)
-                axes = vt[:MAX_AXES]
-                axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
-                axes = axes.astype(np.float32)
-            self._axes = axes
+                axes, kind = fix_signs(vt[:MAX_AXES]).astype(np.float32), "principal axes"
+            self._axes, self._axes_kind = axes, kind
         return self._axes
 
     @property
     def axes_are_dimensions(self) -> bool:
         return self.preset.id_dim <= MAX_AXES
+
+    @property
+    def axes_kind(self) -> str:
+        """What the sliders move along: "dimensions", "visible axes" (the directions the
+        generator renders most) or "principal axes"."""
+        self.latent_axes
+        return self._axes_kind
+
+    def reload_axes(self) -> None:
+        """Forget the slider axes, so that the next use reads them again (after an export wrote them)."""
+        self._axes = None
 
     @property
     def axis_spread(self) -> np.ndarray:

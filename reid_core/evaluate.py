@@ -210,6 +210,56 @@ def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarra
     return np.concatenate(out)
 
 
+def ranking_rows(num_identities: int, bases: int) -> np.ndarray:
+    """The training identities `axis_identity_change` judges the sliders on: evenly spread."""
+    return np.unique(np.linspace(0, num_identities - 1, min(bases, num_identities)).astype(int))
+
+
+def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, batch: int = 128,
+                   progress=None) -> np.ndarray:
+    """(num_axes, id_dim) orthonormal directions of the identity space that the generator
+    renders most: the top eigenvectors of sum_b J_b^T J_b, J_b the Jacobian of the generated
+    picture with respect to the identity at training identity b under its own noise.
+
+    A wide identity table (256-d on the shipped weights) spreads its variance almost evenly:
+    its 32 principal axes hold 22% of it and differ little from random directions, most of
+    which the generator barely draws. Sliders along these axes move the picture instead.
+    J_b is taken by forward differences along every dimension, one standard deviation of the
+    trained rows (per dimension) long: id_dim + 1 generations per base. The bases are random
+    training identities other than the slider ranking's (`ranking_rows`), under noise seeds
+    `seed` .. `seed` + bases - 1, none of them the ranking's noise (seed 0), so the ranking
+    that judges these axes does not see the pictures they were found on.
+    """
+    import torch
+    table = engine.identity_table
+    n, d = table.shape
+    if not 1 <= num_axes <= d:
+        raise ValueError(f"num_axes must lie in 1..{d}")
+    rng = np.random.default_rng(seed)
+    others = np.setdiff1d(np.arange(n), ranking_rows(n, 16))
+    rows = rng.choice(others if len(others) >= bases else np.arange(n), min(bases, n), replace=False)
+    step = float(np.sqrt(((table - table.mean(0)) ** 2).sum(1).mean() / d))
+    gram = np.zeros((d, d))
+    for k, row in enumerate(rows):
+        ids = np.concatenate([table[row][None], table[row] + step * np.eye(d, dtype=np.float32)])
+        z = torch.from_numpy(engine.noise(int(seed) + k)).to(engine.device)
+        with torch.inference_mode():
+            pics = torch.cat([engine._sample(torch.from_numpy(ids[i:i + batch]).to(engine.device),
+                                             z.expand(len(ids[i:i + batch]), -1, -1, -1)).float().flatten(1).cpu()
+                              for i in range(0, len(ids), batch)]).double().numpy()
+        jac = (pics[1:] - pics[0]) / step  # (d, pixels): row i = d picture / d identity_i
+        gram += jac @ jac.T
+        if progress is not None:
+            progress((k + 1) / len(rows))
+    _, vecs = np.linalg.eigh(gram)  # ascending
+    return fix_signs(vecs[:, ::-1][:, :num_axes].T).astype(np.float32)
+
+
+def fix_signs(axes: np.ndarray) -> np.ndarray:
+    """Axes (rows) with the sign that makes each one's largest component positive."""
+    return axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
+
+
 def axis_identity_change(engine, judge, bases: int = 16, sds: float = 2.0, seed: int = 0,
                          progress=None) -> dict:
     """Which slider axes change WHO the person is (the paper's Fig. 11 made measurable).
@@ -222,8 +272,7 @@ def axis_identity_change(engine, judge, bases: int = 16, sds: float = 2.0, seed:
     changed_axes = axes with rate >= 0.5, and the sweep's settings.
     """
     from .models.baseline_net import classify_images
-    n = engine.num_identities
-    rows = np.unique(np.linspace(0, n - 1, min(bases, n)).astype(int))
+    rows = ranking_rows(engine.num_identities, bases)
     axes, move = engine.latent_axes, sds * engine.axis_spread
     z = engine.noise(int(seed))
 
@@ -243,7 +292,7 @@ def axis_identity_change(engine, judge, bases: int = 16, sds: float = 2.0, seed:
     rate = changed.mean(1)
     order = np.argsort(-rate, kind="stable")
     return {"rate": rate.tolist(), "order": order.tolist(), "changed_axes": int((rate >= 0.5).sum()),
-            "axes": len(axes), "bases": len(rows), "sds": float(sds), "seed": int(seed),
+            "axes": len(axes), "axes_kind": engine.axes_kind, "bases": len(rows), "sds": float(sds), "seed": int(seed),
             "base_judged_right": float(np.mean(base == rows))}
 
 

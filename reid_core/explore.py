@@ -312,7 +312,10 @@ class Explorer:
         export and shipped with the weights); natural order and None when not shipped."""
         return self._slider_order.get_or_compute("order", self._read_slider_order)  # once: every rerun asks
 
-    def _read_slider_order(self) -> tuple[list[int], list[float] | None]:
+    def shipped_slider_ranking(self) -> dict | None:
+        """`evaluate.axis_identity_change`'s result shipped with these weights for these axes,
+        or None (absent, unreadable, other weights, or a ranking of other axes: one made
+        before the weights carried their visible axes)."""
         from .weights import SLIDER_RANKING_FILE, load_keyed_json
         engine = self.engine
         k = len(engine.latent_axes)
@@ -320,11 +323,18 @@ class Explorer:
             if engine.weights_dir else None
         try:
             order, rate = [int(d) for d in meta["order"]], [float(r) for r in meta["rate"]]
-            if sorted(order) == list(range(k)) and len(rate) == k:
-                return order, rate
+            same_axes = meta.get("axes_kind", "principal axes") == engine.axes_kind or engine.axes_are_dimensions
+            if sorted(order) == list(range(k)) and len(rate) == k and same_axes:
+                return meta
         except (TypeError, KeyError, ValueError):
             pass
-        return list(range(k)), None
+        return None
+
+    def _read_slider_order(self) -> tuple[list[int], list[float] | None]:
+        meta = self.shipped_slider_ranking()
+        if meta is None:
+            return list(range(len(self.engine.latent_axes))), None
+        return [int(d) for d in meta["order"]], [float(r) for r in meta["rate"]]
 
     # ---- identity map
     def identity_map(self, **kwargs) -> "IdentityMap":

@@ -12,6 +12,9 @@ export and publish copy it.
                            export so that the apps never wait for 643 generations (optional;
                            lossless WebP: 2.1 MB where PNG takes 2.7)
     identity_map.json      the identity table's UMAP coordinates, fitted at export (optional)
+    slider_axes.safetensors  the slider axes of a wide identity: the directions the generator
+                           renders most (`evaluate.sensitive_axes`), found at export (optional;
+                           without them the sliders move along the table's principal axes)
     slider_ranking.json    which slider axes change who the person is, judged at export (optional)
     <component>/config.json + diffusion_pytorch_model.safetensors   (save_pretrained)
 
@@ -33,6 +36,7 @@ PORTRAITS_META = "portraits.json"
 PORTRAITS_COLUMNS = 32
 IDENTITY_MAP_FILE = "identity_map.json"
 SLIDER_RANKING_FILE = "slider_ranking.json"
+SLIDER_AXES_FILE = "slider_axes.safetensors"
 FILES = (PRESET_FILE, IDENTITIES_FILE, TRAINING_LOG, POSE_LIBRARY_FILE, VERDICT_FILE, CENTRALIZATION_FILE)
 REQUIRED = ("generator", "prior", "img2id", "img2noise")
 OPTIONAL = ("baseline", "pose_generator", "pose_encoder", "uncertainty")
@@ -117,6 +121,40 @@ def load_portraits(root, fingerprint: str, seed: int = 0):
         return np.stack(tiles) if all(t.shape == (h, w, 3) for t in tiles) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def save_slider_axes(root, axes, fingerprint: str, **meta) -> Path:
+    """(num_axes, id_dim) slider axes -> safetensors, keyed by the engine fingerprint; `meta`
+    (how they were found) is kept as strings beside it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from .io import atomic_path
+    path = Path(root) / SLIDER_AXES_FILE
+    with atomic_path(path, ".safetensors") as tmp:
+        save_file({"axes": np.ascontiguousarray(axes, np.float32)}, str(tmp),
+                  metadata={"fingerprint": fingerprint, **{k: str(v) for k, v in meta.items()}})
+    return path
+
+
+def load_slider_axes(root, fingerprint: str, shape: tuple[int, int]):
+    """The shipped slider axes as a (num_axes, id_dim) float32 array, or None when absent,
+    unreadable, made by other weights, of another shape, or not orthonormal."""
+    import numpy as np
+    from safetensors import safe_open
+    path = Path(root) / SLIDER_AXES_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            if (f.metadata() or {}).get("fingerprint") != fingerprint:
+                return None
+            axes = np.asarray(f.get_tensor("axes"), np.float32)
+    except Exception:  # a damaged file: the sliders fall back to the principal axes
+        return None
+    if axes.shape != tuple(shape) or not np.allclose(axes @ axes.T, np.eye(len(axes)), atol=1e-4):
+        return None
+    return axes
 
 
 def save_keyed_json(root, filename: str, fingerprint: str, **payload) -> Path:

@@ -232,10 +232,9 @@ def bench_sliders(engine, img_dir: Path, quick: bool) -> dict:
     the weights (made at export by the same function), else measured now; and the sweeps of the
     six most identity-changing axes as a picture."""
     from reid_core.evaluate import axis_identity_change
-    from reid_core.weights import SLIDER_RANKING_FILE, load_keyed_json
     if engine.baseline is None:
         return {"skipped": "no baseline (judge) in these weights"}
-    shipped = load_keyed_json(engine.weights_dir, SLIDER_RANKING_FILE, engine.fingerprint)
+    shipped = engine.explorer.shipped_slider_ranking()
     out = dict(shipped) if shipped else axis_identity_change(engine, engine.baseline, bases=8 if quick else 16)
     out["source"] = "shipped with the weights (made at export)" if shipped else "measured by this run"
     base = engine.identity_table[0]
@@ -656,7 +655,7 @@ def report(res: dict, out: Path) -> str:
         L += ["## Sliders and identity swap", "", "| figure | measured | target |", "| --- | --- | --- |"]
         if sl and "rate" in sl:
             top = ", ".join(f"{d} ({sl['rate'][d]:.0%})" for d in sl["order"][:6])
-            L += [f"| slider axes whose ±{sl['sds']:g} sd sweep changes the judge's top-1 identity (for at least half "
+            L += [f"| slider axes ({sl.get('axes_kind', 'principal axes')}) whose ±{sl['sds']:g} sd sweep changes the judge's top-1 identity (for at least half "
                   f"of {sl['bases']} training identities; {sl['source']}) | {sl['changed_axes']} of {sl['axes']} "
                   f"(most: {top}) | ≥ 16 of 32 {_mark(sl['changed_axes'] >= 16)} |"]
         if sw and "judged_as_A" in sw:

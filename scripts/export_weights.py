@@ -1,7 +1,7 @@
 """Assemble a trained run into a shippable weights folder, fp16 where it loses nothing measurable.
 
     python scripts/export_weights.py --run runs/cpu [--baseline-run runs/cpu-baseline] --out weights [--fp16]
-    python scripts/export_weights.py --out weights --precomputed-only
+    python scripts/export_weights.py --out weights --precomputed-only [identity_map sliders portraits]
     python scripts/export_weights.py --run runs/unc --out weights --fp16 --only uncertainty
 
 Copies each component's config.json and safetensors (cast to fp16 with --fp16), plus
@@ -130,28 +130,46 @@ def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
     return log["history"]
 
 
-def add_precomputed(out: Path, seed: int = 0) -> list[Path]:
+PRECOMPUTED = ("identity_map", "sliders", "portraits")
+
+
+def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     """What the apps would otherwise compute at every start, made once with the exported
     weights (as the apps load them) and shipped beside them: every training identity's
-    portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit) and which
-    sliders change who the person is (the judge over a +-2 sd sweep of every axis)."""
+    portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit), the slider
+    axes of a wide identity (the directions the generator renders most) and which sliders change
+    who the person is (the judge over a +-2 sd sweep of every axis). `parts`: which of them."""
     from tqdm import tqdm
 
     from reid_core import ReIDEngine
-    from reid_core.evaluate import axis_identity_change
+    from reid_core.engine import MAX_AXES
+    from reid_core.evaluate import axis_identity_change, sensitive_axes
     from reid_core.explore import IdentityMap
-    from reid_core.weights import SLIDER_RANKING_FILE, save_identity_map, save_keyed_json, save_portraits
+    from reid_core.weights import (SLIDER_RANKING_FILE, save_identity_map, save_keyed_json, save_portraits,
+                                   save_slider_axes)
     engine = ReIDEngine.from_pretrained(out)
-    imap = IdentityMap(engine.identity_table, seed=seed)
-    written = [save_identity_map(out, imap.method, imap.coords, engine.fingerprint)]
-    if engine.baseline is not None:  # the judge: which sliders change who the person is
+    written = []
+    if "identity_map" in parts:
+        imap = IdentityMap(engine.identity_table, seed=seed)
+        written.append(save_identity_map(out, imap.method, imap.coords, engine.fingerprint))
+    if "sliders" in parts and not engine.axes_are_dimensions:  # a wide identity: slide along what the generator draws most
+        bases = 8
+        with tqdm(total=100, desc="slider axes") as bar:
+            axes = sensitive_axes(engine, MAX_AXES, bases=bases, seed=seed + 1,
+                                  progress=lambda f: bar.update(round(f * 100) - bar.n))
+        written.append(save_slider_axes(out, axes, engine.fingerprint, method="sensitive_axes", bases=bases,
+                                        seed=seed + 1))
+        engine.reload_axes()
+    if "sliders" in parts and engine.baseline is not None:  # the judge: which sliders change who the person is
         with tqdm(total=100, desc="slider ranking") as bar:
             ranking = axis_identity_change(engine, engine.baseline, seed=seed,
                                            progress=lambda f: bar.update(round(f * 100) - bar.n))
         written.append(save_keyed_json(out, SLIDER_RANKING_FILE, engine.fingerprint, **ranking))
-    with tqdm(total=engine.num_identities, desc="portraits") as bar:
-        images = engine.explorer.all_portraits(seed, progress=lambda f: bar.update(round(f * bar.total) - bar.n))
-    return written + [save_portraits(out, images, engine.fingerprint, seed)]
+    if "portraits" in parts:
+        with tqdm(total=engine.num_identities, desc="portraits") as bar:
+            images = engine.explorer.all_portraits(seed, progress=lambda f: bar.update(round(f * bar.total) - bar.n))
+        written.append(save_portraits(out, images, engine.fingerprint, seed))
+    return written
 
 
 def main() -> None:
@@ -162,14 +180,15 @@ def main() -> None:
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--continues", type=Path, default=None,
                     help="the weights folder RUN was started from (--init): its training history is kept")
-    ap.add_argument("--precomputed-only", action="store_true",
-                    help="only (re)make --out's portraits and identity map")
+    ap.add_argument("--precomputed-only", nargs="*", default=None, choices=PRECOMPUTED, metavar="PART",
+                    help="only (re)make --out's precomputed parts: all, or those named "
+                         f"({', '.join(PRECOMPUTED)})")
     ap.add_argument("--only", nargs="+", default=None, choices=COMPONENTS, metavar="COMPONENT",
                     help="add just these components of --run to an existing weights folder (e.g. uncertainty: "
                          "a part the networks' caches do not depend on)")
     a = ap.parse_args()
-    if a.precomputed_only:
-        print("wrote", *add_precomputed(a.out))
+    if a.precomputed_only is not None:
+        print("wrote", *add_precomputed(a.out, parts=a.precomputed_only or PRECOMPUTED))
         return
     if a.run is None:
         ap.error("--run is required (unless --precomputed-only)")

@@ -96,7 +96,9 @@ def test_vary_moves_one_dimension(engine):
         engine.vary(0, 32, values=[0.0])
 
 
-def test_a_wide_identity_is_shown_along_its_principal_axes():
+def _wide_identity_engine():
+    """A 48-d identity (wider than the 32 sliders): the table's variance lies mostly in the first
+    dimensions, while the generator reads mostly the last ones."""
     from reid_core.config import get_preset
     from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder
     p = get_preset("tiny", id_dim=48)
@@ -105,12 +107,18 @@ def test_a_wide_identity_is_shown_along_its_principal_axes():
                        num_identities=60, conditioning="film", cond_dim=8, table_init_std=0.3)
     with torch.no_grad():  # rows spread unevenly: a few directions carry most of the variance
         gen.identity_embedding.weight.mul_(torch.linspace(3, 0.1, 48))
-    engine = ReIDEngine(p, gen, IdentityPrior(id_dim=48, hidden_dim=8, num_layers=1),
-                        IdentityEncoder(sample_size=p.image_size, block_out_channels=(8,), layers_per_block=1, id_dim=48),
-                        NoiseEncoder(sample_size=p.image_size, block_out_channels=(8, 16), layers_per_block=1),
-                        list(range(60)))
+        gen.identity_mlp[0].weight.mul_(torch.linspace(0.02, 3, 48))
+        torch.nn.init.normal_(gen.body.head.weight, std=0.1)  # a picture that depends on its inputs
+    return ReIDEngine(p, gen, IdentityPrior(id_dim=48, hidden_dim=8, num_layers=1),
+                      IdentityEncoder(sample_size=p.image_size, block_out_channels=(8,), layers_per_block=1, id_dim=48),
+                      NoiseEncoder(sample_size=p.image_size, block_out_channels=(8, 16), layers_per_block=1),
+                      list(range(60)))
+
+
+def test_a_wide_identity_is_shown_along_its_principal_axes():
+    engine = _wide_identity_engine()
     axes = engine.latent_axes
-    assert axes.shape == (32, 48) and not engine.axes_are_dimensions
+    assert axes.shape == (32, 48) and not engine.axes_are_dimensions and engine.axes_kind == "principal axes"
     np.testing.assert_allclose(axes @ axes.T, np.eye(32), atol=1e-5)
     spread = engine.axis_spread
     assert np.all(np.diff(spread) <= 1e-5)  # largest variance first
@@ -122,6 +130,40 @@ def test_a_wide_identity_is_shown_along_its_principal_axes():
     moved = engine.from_axes(c2, v)
     np.testing.assert_allclose(moved - v, axes[0], atol=1e-5)  # exactly one axis moved, the rest kept
     assert len(engine.vary(v, 0, [c[0] - 1, c[0] + 1])) == 2
+
+
+def test_sliders_follow_the_axes_the_generator_draws_and_ship_with_the_weights(tmp_path):
+    from app import common
+    from reid_core.evaluate import sensitive_axes
+    from reid_core.weights import SLIDER_AXES_FILE, save_slider_axes
+    engine = _wide_identity_engine()
+    principal = engine.latent_axes
+    axes = sensitive_axes(engine, 32, bases=3, seed=1)
+    assert axes.shape == (32, 48)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(32), atol=1e-5)
+
+    def picture_change(direction) -> float:  # on identities and a noise the axes were not found on
+        base = engine.identity_table[[0, 20, 40]]
+        z = engine.noise(7)
+        still = np.stack([np.asarray(im, np.float32) for im in engine.generate(base, noise=z)])
+        moved = np.stack([np.asarray(im, np.float32) for im in engine.generate(base + 0.3 * direction, noise=z)])
+        return float(np.abs(moved - still).mean())
+
+    # the table's widest direction is one the generator hardly reads; the first visible axis moves the picture
+    assert picture_change(axes[0]) > 3 * picture_change(principal[0]) > 0
+    assert picture_change(axes[0]) > picture_change(axes[31])
+
+    save_slider_axes(tmp_path, axes, engine.fingerprint, method="sensitive_axes")
+    engine.weights_dir = tmp_path
+    engine.reload_axes()
+    np.testing.assert_array_equal(engine.latent_axes, axes)
+    assert engine.axes_kind == "visible axes" and common.axes_title(engine) == "Visible axes"
+    save_slider_axes(tmp_path, axes, "other-weights")                       # made by other weights: not used
+    engine.reload_axes()
+    np.testing.assert_array_equal(engine.latent_axes, principal)
+    (tmp_path / SLIDER_AXES_FILE).write_bytes(b"damaged")                    # unreadable: not used
+    engine.reload_axes()
+    assert engine.axes_kind == "principal axes"
 
 
 def test_search_and_nearest_identities(engine, synthetic_market):
