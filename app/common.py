@@ -144,8 +144,8 @@ def slider_layout(engine) -> tuple[list[int], list[str], str]:
 
 
 def axes_title(engine) -> str:
-    """The sliders' kind, plural, for captions: dimensions, visible axes (the directions the
-    generator renders most) or principal axes."""
+    """The sliders' kind, plural, for captions: dimensions, identity axes (the directions that
+    most change who the generated person looks like) or principal axes."""
     return engine.axes_kind.capitalize()
 
 

@@ -441,9 +441,10 @@ class ReIDEngine:
         """(num_axes, id_dim) orthonormal directions the sliders move along.
 
         Up to MAX_AXES dimensions they are the identity's own dimensions (the paper's
-        Fig. 11 moves one of its 32). A wider identity is shown along the directions the
-        generator renders most, when the weights carry them (`evaluate.sensitive_axes`, found
-        at export), else along the principal axes of the trained rows, largest variance first.
+        Fig. 11 moves one of its 32). A wider identity is shown along its identity axes, the
+        directions that most change who the generated person looks like, when the weights carry
+        them (`evaluate.sensitive_axes`, found at export), else along the principal axes of the
+        trained rows, largest variance first.
         """
         if self._axes is None:
             d = self.preset.id_dim
@@ -454,7 +455,7 @@ class ReIDEngine:
             if d <= MAX_AXES:
                 axes, kind = np.eye(d, dtype=np.float32), "dimensions"
             elif shipped is not None:
-                axes, kind = shipped, "visible axes"
+                axes, kind = shipped, "identity axes"
             else:
                 from .evaluate import fix_signs
                 rows = self.identity_table - self.identity_table.mean(0)
@@ -469,8 +470,8 @@ class ReIDEngine:
 
     @property
     def axes_kind(self) -> str:
-        """What the sliders move along: "dimensions", "visible axes" (the directions the
-        generator renders most) or "principal axes"."""
+        """What the sliders move along: "dimensions", "identity axes" (the directions that most
+        change who the generated person looks like) or "principal axes"."""
         self.latent_axes
         return self._axes_kind
 

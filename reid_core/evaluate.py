@@ -215,15 +215,16 @@ def ranking_rows(num_identities: int, bases: int) -> np.ndarray:
     return np.unique(np.linspace(0, num_identities - 1, min(bases, num_identities)).astype(int))
 
 
-def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, batch: int = 128,
-                   progress=None) -> np.ndarray:
+def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, reader: str = "img2id",
+                   batch: int = 128, progress=None) -> np.ndarray:
     """(num_axes, id_dim) orthonormal directions of the identity space that the generator
-    renders most: the top eigenvectors of sum_b J_b^T J_b, J_b the Jacobian of the generated
-    picture with respect to the identity at training identity b under its own noise.
+    draws most visibly (the identity axes): the top eigenvectors of sum_b J_b^T J_b, J_b the Jacobian, at training
+    identity b under its own noise, of what `reader` sees in the generated picture: "img2id"
+    its identity vector (who the person looks like), "pixels" the picture itself.
 
     A wide identity table (256-d on the shipped weights) spreads its variance almost evenly:
     its 32 principal axes hold 22% of it and differ little from random directions, most of
-    which the generator barely draws. Sliders along these axes move the picture instead.
+    which the generator barely draws. Sliders along these axes change the person instead.
     J_b is taken by forward differences along every dimension, one standard deviation of the
     trained rows (per dimension) long: id_dim + 1 generations per base. The bases are random
     training identities other than the slider ranking's (`ranking_rows`), under noise seeds
@@ -231,6 +232,8 @@ def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, batch: 
     that judges these axes does not see the pictures they were found on.
     """
     import torch
+    if reader not in ("img2id", "pixels"):
+        raise ValueError("reader must be 'img2id' or 'pixels'")
     table = engine.identity_table
     n, d = table.shape
     if not 1 <= num_axes <= d:
@@ -239,15 +242,21 @@ def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, batch: 
     others = np.setdiff1d(np.arange(n), ranking_rows(n, 16))
     rows = rng.choice(others if len(others) >= bases else np.arange(n), min(bases, n), replace=False)
     step = float(np.sqrt(((table - table.mean(0)) ** 2).sum(1).mean() / d))
+
+    def seen(ids: np.ndarray, z: np.ndarray) -> np.ndarray:
+        if reader == "img2id":
+            return engine.embed_arrays(np.stack([np.asarray(im) for im in engine.generate(ids, noise=z)]))
+        with torch.inference_mode():
+            x = torch.from_numpy(ids).to(engine.device)
+            return engine._sample(x, torch.from_numpy(z).to(engine.device).expand(len(x), -1, -1, -1)) \
+                .float().flatten(1).cpu().numpy()
+
     gram = np.zeros((d, d))
     for k, row in enumerate(rows):
         ids = np.concatenate([table[row][None], table[row] + step * np.eye(d, dtype=np.float32)])
-        z = torch.from_numpy(engine.noise(int(seed) + k)).to(engine.device)
-        with torch.inference_mode():
-            pics = torch.cat([engine._sample(torch.from_numpy(ids[i:i + batch]).to(engine.device),
-                                             z.expand(len(ids[i:i + batch]), -1, -1, -1)).float().flatten(1).cpu()
-                              for i in range(0, len(ids), batch)]).double().numpy()
-        jac = (pics[1:] - pics[0]) / step  # (d, pixels): row i = d picture / d identity_i
+        z = engine.noise(int(seed) + k)
+        f = np.concatenate([seen(ids[i:i + batch], z) for i in range(0, len(ids), batch)]).astype(np.float64)
+        jac = (f[1:] - f[0]) / step  # (d, features): row i = d feature / d identity_i
         gram += jac @ jac.T
         if progress is not None:
             progress((k + 1) / len(rows))

@@ -315,7 +315,7 @@ class Explorer:
     def shipped_slider_ranking(self) -> dict | None:
         """`evaluate.axis_identity_change`'s result shipped with these weights for these axes,
         or None (absent, unreadable, other weights, or a ranking of other axes: one made
-        before the weights carried their visible axes)."""
+        before the weights carried their identity axes)."""
         from .weights import SLIDER_RANKING_FILE, load_keyed_json
         engine = self.engine
         k = len(engine.latent_axes)

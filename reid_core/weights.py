@@ -12,9 +12,10 @@ export and publish copy it.
                            export so that the apps never wait for 643 generations (optional;
                            lossless WebP: 2.1 MB where PNG takes 2.7)
     identity_map.json      the identity table's UMAP coordinates, fitted at export (optional)
-    slider_axes.safetensors  the slider axes of a wide identity: the directions the generator
-                           renders most (`evaluate.sensitive_axes`), found at export (optional;
-                           without them the sliders move along the table's principal axes)
+    slider_axes.safetensors  the slider axes of a wide identity: the directions that most change
+                           who the generated person looks like to Img2ID (`evaluate.sensitive_axes`),
+                           found at export (optional; without them the sliders move along the
+                           table's principal axes)
     slider_ranking.json    which slider axes change who the person is, judged at export (optional)
     <component>/config.json + diffusion_pytorch_model.safetensors   (save_pretrained)
 

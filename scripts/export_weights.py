@@ -137,7 +137,8 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     """What the apps would otherwise compute at every start, made once with the exported
     weights (as the apps load them) and shipped beside them: every training identity's
     portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit), the slider
-    axes of a wide identity (the directions the generator renders most) and which sliders change
+    axes of a wide identity (the directions that most change who the generated person looks
+    like) and which sliders change
     who the person is (the judge over a +-2 sd sweep of every axis). `parts`: which of them."""
     from tqdm import tqdm
 
@@ -152,13 +153,14 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     if "identity_map" in parts:
         imap = IdentityMap(engine.identity_table, seed=seed)
         written.append(save_identity_map(out, imap.method, imap.coords, engine.fingerprint))
-    if "sliders" in parts and not engine.axes_are_dimensions:  # a wide identity: slide along what the generator draws most
+    if "sliders" in parts and not engine.axes_are_dimensions:
+        # a wide identity: slide along the directions that most change who Img2ID sees in the picture
         bases = 8
         with tqdm(total=100, desc="slider axes") as bar:
             axes = sensitive_axes(engine, MAX_AXES, bases=bases, seed=seed + 1,
                                   progress=lambda f: bar.update(round(f * 100) - bar.n))
-        written.append(save_slider_axes(out, axes, engine.fingerprint, method="sensitive_axes", bases=bases,
-                                        seed=seed + 1))
+        written.append(save_slider_axes(out, axes, engine.fingerprint, method="sensitive_axes", reader="img2id",
+                                        bases=bases, seed=seed + 1))
         engine.reload_axes()
     if "sliders" in parts and engine.baseline is not None:  # the judge: which sliders change who the person is
         with tqdm(total=100, desc="slider ranking") as bar:

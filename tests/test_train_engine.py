@@ -138,26 +138,34 @@ def test_sliders_follow_the_axes_the_generator_draws_and_ship_with_the_weights(t
     from reid_core.weights import SLIDER_AXES_FILE, save_slider_axes
     engine = _wide_identity_engine()
     principal = engine.latent_axes
-    axes = sensitive_axes(engine, 32, bases=3, seed=1)
-    assert axes.shape == (32, 48)
-    np.testing.assert_allclose(axes @ axes.T, np.eye(32), atol=1e-5)
+    base, z = engine.identity_table[[0, 20, 40]], engine.noise(7)  # not what the axes were found on
 
-    def picture_change(direction) -> float:  # on identities and a noise the axes were not found on
-        base = engine.identity_table[[0, 20, 40]]
-        z = engine.noise(7)
-        still = np.stack([np.asarray(im, np.float32) for im in engine.generate(base, noise=z)])
-        moved = np.stack([np.asarray(im, np.float32) for im in engine.generate(base + 0.3 * direction, noise=z)])
-        return float(np.abs(moved - still).mean())
+    def change(direction, read) -> float:
+        still = read(engine.generate(base, noise=z))
+        return float(np.abs(read(engine.generate(base + 0.3 * direction, noise=z)) - still).mean())
 
-    # the table's widest direction is one the generator hardly reads; the first visible axis moves the picture
-    assert picture_change(axes[0]) > 3 * picture_change(principal[0]) > 0
-    assert picture_change(axes[0]) > picture_change(axes[31])
+    def pixels(images):
+        return np.stack([np.asarray(im, np.float32) for im in images])
+
+    def img2id(images):
+        return engine.embed_arrays(np.stack([np.asarray(im) for im in images]))
+
+    for reader, read in (("pixels", pixels), ("img2id", img2id)):
+        axes = sensitive_axes(engine, 32, bases=3, seed=1, reader=reader)
+        assert axes.shape == (32, 48)
+        np.testing.assert_allclose(axes @ axes.T, np.eye(32), atol=1e-5)
+        # the table's widest direction is one the generator hardly reads; the first found axis moves
+        # what the reader sees, and more than the last one
+        assert change(axes[0], read) > 3 * change(principal[0], read) > 0, reader
+        assert change(axes[0], read) > change(axes[31], read), reader
+    with pytest.raises(ValueError, match="reader"):
+        sensitive_axes(engine, 32, reader="judge")
 
     save_slider_axes(tmp_path, axes, engine.fingerprint, method="sensitive_axes")
     engine.weights_dir = tmp_path
     engine.reload_axes()
     np.testing.assert_array_equal(engine.latent_axes, axes)
-    assert engine.axes_kind == "visible axes" and common.axes_title(engine) == "Visible axes"
+    assert engine.axes_kind == "identity axes" and common.axes_title(engine) == "Identity axes"
     save_slider_axes(tmp_path, axes, "other-weights")                       # made by other weights: not used
     engine.reload_axes()
     np.testing.assert_array_equal(engine.latent_axes, principal)
