@@ -143,6 +143,11 @@ def slider_layout(engine) -> tuple[list[int], list[str], str]:
     return order, labels, note
 
 
+def sensitivity_button(engine) -> str:
+    """The label of the button that measures which sliders move the picture."""
+    return f"Which {engine.axes_kind} matter?"
+
+
 def axes_title(engine) -> str:
     """The sliders' kind, plural, for captions: dimensions, identity axes (the directions that
     most change who the generated person looks like) or principal axes."""

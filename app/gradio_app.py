@@ -356,7 +356,7 @@ class ReIDApp:
             k = len(self.ranges)
             # None clears the chart: another identity's chart must not stay beside these sliders
             return None, (f"Which {common.axes_title(self.engine).lower()} move this picture most? Click "
-                               f"**Which dimensions matter?** ({2 * k + 1} generations, then cached).")
+                               f"**{common.sensitivity_button(self.engine)}** ({2 * k + 1} generations, then cached).")
         return self._sensitivity_outputs(sens)
 
     # ------------------------------------------------------------ re-identify
@@ -645,7 +645,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                                                        label=labels[d], min_width=120, elem_id=f"lat-dim-{d}")
                     sliders = [by_axis[d] for d in range(len(order))]  # handlers take them in axis order
             with gr.Row():
-                l_sens_btn = gr.Button("Which dimensions matter?", elem_id="lat-sens-btn", scale=0, min_width=260)
+                l_sens_btn = gr.Button(common.sensitivity_button(engine), elem_id="lat-sens-btn", scale=0, min_width=260)
                 l_sens_caption = gr.Markdown(elem_id="lat-sens-caption")
             l_sens = gr.Plot(label="Sensitivity", elem_id="lat-sens")
             state_out = [*sliders, l_out, base, l_caption]

@@ -234,7 +234,7 @@ def tab_sliders(engine, scale):
                 "fixed noise, your identity", 2 * scale)
     sens = engine.explorer.cached_sensitivity(vector, seed=int(noise_seed))
     text = f"moving each {word} by ±1 sd of the training identities"
-    if st.button("Which dimensions matter?", key="lat-sens-btn", help=f"{2 * len(ranges) + 1} generations, then cached"):
+    if st.button(common.sensitivity_button(engine), key="lat-sens-btn", help=f"{2 * len(ranges) + 1} generations, then cached"):
         bar = st.progress(0.0, text=text)
         sens = engine.explorer.sensitivity(vector, seed=int(noise_seed),
                                            progress=lambda f: bar.progress(float(f), text=text))

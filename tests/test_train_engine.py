@@ -166,6 +166,7 @@ def test_sliders_follow_the_axes_the_generator_draws_and_ship_with_the_weights(t
     engine.reload_axes()
     np.testing.assert_array_equal(engine.latent_axes, axes)
     assert engine.axes_kind == "identity axes" and common.axes_title(engine) == "Identity axes"
+    assert common.sensitivity_button(engine) == "Which identity axes matter?"
     save_slider_axes(tmp_path, axes, "other-weights")                       # made by other weights: not used
     engine.reload_axes()
     np.testing.assert_array_equal(engine.latent_axes, principal)
