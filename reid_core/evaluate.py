@@ -210,7 +210,10 @@ def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarra
     return np.concatenate(out)
 
 
-def ranking_rows(num_identities: int, bases: int) -> np.ndarray:
+RANKING_BASES = 16  # training identities the slider ranking judges
+
+
+def ranking_rows(num_identities: int, bases: int = RANKING_BASES) -> np.ndarray:
     """The training identities `axis_identity_change` judges the sliders on: evenly spread."""
     return np.unique(np.linspace(0, num_identities - 1, min(bases, num_identities)).astype(int))
 
@@ -218,9 +221,10 @@ def ranking_rows(num_identities: int, bases: int) -> np.ndarray:
 def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, reader: str = "img2id",
                    batch: int = 128, progress=None) -> np.ndarray:
     """(num_axes, id_dim) orthonormal directions of the identity space that the generator
-    draws most visibly (the identity axes): the top eigenvectors of sum_b J_b^T J_b, J_b the Jacobian, at training
-    identity b under its own noise, of what `reader` sees in the generated picture: "img2id"
-    its identity vector (who the person looks like), "pixels" the picture itself.
+    draws most visibly (the identity axes): the top eigenvectors of sum_b J_b^T J_b, J_b the
+    Jacobian, at training identity b under its own noise, of what `reader` sees in the
+    generated picture: "img2id" its identity vector (who the person looks like), "pixels" the
+    picture itself.
 
     A wide identity table (256-d on the shipped weights) spreads its variance almost evenly:
     its 32 principal axes hold 22% of it and differ little from random directions, most of
@@ -239,7 +243,7 @@ def sensitive_axes(engine, num_axes: int, bases: int = 8, seed: int = 1, reader:
     if not 1 <= num_axes <= d:
         raise ValueError(f"num_axes must lie in 1..{d}")
     rng = np.random.default_rng(seed)
-    others = np.setdiff1d(np.arange(n), ranking_rows(n, 16))
+    others = np.setdiff1d(np.arange(n), ranking_rows(n))
     rows = rng.choice(others if len(others) >= bases else np.arange(n), min(bases, n), replace=False)
     step = float(np.sqrt(((table - table.mean(0)) ** 2).sum(1).mean() / d))
 
@@ -269,7 +273,7 @@ def fix_signs(axes: np.ndarray) -> np.ndarray:
     return axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
 
 
-def axis_identity_change(engine, judge, bases: int = 16, sds: float = 2.0, seed: int = 0,
+def axis_identity_change(engine, judge, bases: int = RANKING_BASES, sds: float = 2.0, seed: int = 0,
                          progress=None) -> dict:
     """Which slider axes change WHO the person is (the paper's Fig. 11 made measurable).
 

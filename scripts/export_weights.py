@@ -138,8 +138,8 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     weights (as the apps load them) and shipped beside them: every training identity's
     portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit), the slider
     axes of a wide identity (the directions that most change who the generated person looks
-    like) and which sliders change
-    who the person is (the judge over a +-2 sd sweep of every axis). `parts`: which of them."""
+    like) and which sliders change who the person is (the judge over a +-2 sd sweep of every
+    axis). `parts`: which of them."""
     from tqdm import tqdm
 
     from reid_core import ReIDEngine
