@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import Preset
+from .config import BaselineConfig, Img2IDConfig, Img2NoiseConfig, Preset, PriorConfig
 from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load_image, parse_market_name,
                    to_array, to_tensor, to_uint8)
 from .diffusion import ddim_invert, ddim_sample, sample_prior
@@ -35,6 +35,12 @@ from .weights import (CENTRALIZATION_FILE, IDENTITIES_FILE, POSE_LIBRARY_FILE, P
                       has_component, load_component, missing)
 
 ProgressFn = Callable[[float, str], None]
+# the networks beside the generator a cache key may cover, with their preset fields
+KEYED_NETWORKS = {"prior": PriorConfig, "img2id": Img2IDConfig, "img2noise": Img2NoiseConfig, "baseline": BaselineConfig}
+# what each part precomputed at export is made from (beside the generator and its table): a new
+# Img2Noise keeps them all, a new judge only the slider ranking's
+PRECOMPUTED_FROM = {"identity_map": (), "portraits": (), "slider_axes": ("img2id",),
+                    "slider_ranking": ("img2id", "baseline")}
 MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
 SWAP_KEEP = 0.5  # share of a photo's inverted noise a swap keeps (ReIDEngine.swap_noise: measured)
 
@@ -159,7 +165,7 @@ class ReIDEngine:
         self.uncertainty = uncertainty.to(device).eval() if uncertainty is not None else None
         self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
         self._pose_extractor = None
-        self._fingerprint: str | None = None
+        self._fingerprints: dict[tuple[str, ...], str] = {}
         self.verdict = None   # a reid_core.retrieval.Verdict: "same person or not" for search hits
         # Pose2ID centralization for search: {"poses": M, "eta": eta, "steps": view DDIM steps}
         self.centralization: dict | None = None
@@ -451,7 +457,7 @@ class ReIDEngine:
             shipped = None
             if d > MAX_AXES and self.weights_dir is not None:
                 from .weights import load_slider_axes
-                shipped = load_slider_axes(self.weights_dir, self.fingerprint, (MAX_AXES, d))
+                shipped = load_slider_axes(self.weights_dir, self.cache_key("slider_axes"), (MAX_AXES, d))
             if d <= MAX_AXES:
                 axes, kind = np.eye(d, dtype=np.float32), "dimensions"
             elif shipped is not None:
@@ -831,19 +837,38 @@ class ReIDEngine:
 
     @property
     def fingerprint(self) -> str:
-        """A short key of the loaded weights (preset, identity table, a slice of each network),
-        for caches on disk: gallery features, portraits, examples."""
-        if self._fingerprint is None:
-            # the preset without the fields of parts the key does not cover (the uncertainty head),
-            # so that adding such a part keeps every cache of the networks below valid
+        """A short key of the loaded weights (preset, identity table, a slice of each network
+        but the judge), for caches on disk: gallery features, examples, the page's first results."""
+        return self.fingerprint_of("prior", "img2id", "img2noise")
+
+    def fingerprint_of(self, *networks: str) -> str:
+        """A short key of the identity table, the generator and the named networks (of
+        KEYED_NETWORKS): the preset's fields of the networks not named drop out, so that a cache
+        made from some networks outlives a change to the others."""
+        unknown = set(networks) - set(KEYED_NETWORKS)
+        if unknown:
+            raise ValueError(f"not a keyed network: {sorted(unknown)}")
+        key = tuple(n for n in KEYED_NETWORKS if n in networks)
+        if key not in self._fingerprints:
+            # the uncertainty head is never keyed: adding it keeps every cache valid
             from .config import UncertaintyConfig
-            skip = {f.name for f in dataclasses.fields(UncertaintyConfig)}
+            skip = {f.name for c in [UncertaintyConfig, *(KEYED_NETWORKS[n] for n in KEYED_NETWORKS if n not in key)]
+                    for f in dataclasses.fields(c)}
             h = hashlib.sha1(json.dumps({k: v for k, v in dataclasses.asdict(self.preset).items() if k not in skip},
                                         indent=2).encode())
             h.update(np.ascontiguousarray(self.identity_table).tobytes())
-            for net in (self.generator, self.prior, self.img2id, self.img2noise):
+            for name in ("generator", *key):
+                net = getattr(self, name)
+                if net is None:
+                    h.update(f"no {name}".encode())
+                    continue
                 params = list(net.parameters())
                 for p in params[:3] + params[-3:]:
                     h.update(p.detach().float().flatten()[:256].cpu().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
+            self._fingerprints[key] = h.hexdigest()[:16]
+        return self._fingerprints[key]
+
+    def cache_key(self, part: str) -> str:
+        """The key of a part precomputed at export (PRECOMPUTED_FROM): the fingerprint of the
+        networks it is made from, and of no other."""
+        return self.fingerprint_of(*PRECOMPUTED_FROM[part])

@@ -238,9 +238,9 @@ class Explorer:
         generated once and cached on disk keyed by the weights. Returns where they came from."""
         from .weights import load_portraits
         engine, n = self.engine, self.engine.num_identities
-        arrays = load_portraits(engine.weights_dir, engine.fingerprint, seed) if engine.weights_dir else None
+        arrays = load_portraits(engine.weights_dir, engine.cache_key("portraits"), seed) if engine.weights_dir else None
         source = "weights"
-        path = cache_dir() / f"portraits-{engine.fingerprint}-{seed}.npz"
+        path = cache_dir() / f"portraits-{engine.cache_key('portraits')}-{seed}.npz"
         if arrays is None and path.exists():
             source = "cache"
             try:
@@ -319,7 +319,7 @@ class Explorer:
         from .weights import SLIDER_RANKING_FILE, load_keyed_json
         engine = self.engine
         k = len(engine.latent_axes)
-        meta = load_keyed_json(engine.weights_dir, SLIDER_RANKING_FILE, engine.fingerprint) \
+        meta = load_keyed_json(engine.weights_dir, SLIDER_RANKING_FILE, engine.cache_key("slider_ranking")) \
             if engine.weights_dir else None
         try:
             order, rate = [int(d) for d in meta["order"]], [float(r) for r in meta["rate"]]
@@ -343,7 +343,7 @@ class Explorer:
         def fit():
             from .weights import load_identity_map
             engine = self.engine
-            shipped = load_identity_map(engine.weights_dir, engine.fingerprint) if engine.weights_dir else None
+            shipped = load_identity_map(engine.weights_dir, engine.cache_key("identity_map")) if engine.weights_dir else None
             if shipped is not None:
                 return IdentityMap(engine.identity_table, method=shipped["method"], coords=shipped["coords"])
             return IdentityMap(engine.identity_table, **kwargs)

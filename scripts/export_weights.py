@@ -133,6 +133,18 @@ def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
 PRECOMPUTED = ("identity_map", "sliders", "portraits")
 
 
+# the engine's precomputed caches behind each part
+CACHES_OF = {"identity_map": ("identity_map",), "sliders": ("slider_axes", "slider_ranking"), "portraits": ("portraits",)}
+
+
+def stale_precomputed(components) -> list[str]:
+    """The precomputed parts a new copy of these components invalidates (every part is made
+    from the generator and its table; `PRECOMPUTED_FROM` says what else)."""
+    from reid_core.engine import PRECOMPUTED_FROM
+    return [part for part in PRECOMPUTED
+            if any(c == "generator" or c in PRECOMPUTED_FROM[cache] for c in components for cache in CACHES_OF[part])]
+
+
 def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     """What the apps would otherwise compute at every start, made once with the exported
     weights (as the apps load them) and shipped beside them: every training identity's
@@ -152,25 +164,25 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     written = []
     if "identity_map" in parts:
         imap = IdentityMap(engine.identity_table, seed=seed)
-        written.append(save_identity_map(out, imap.method, imap.coords, engine.fingerprint))
+        written.append(save_identity_map(out, imap.method, imap.coords, engine.cache_key("identity_map")))
     if "sliders" in parts and not engine.axes_are_dimensions:
         # a wide identity: slide along the directions that most change who Img2ID sees in the picture
         bases = 8
         with tqdm(total=100, desc="slider axes") as bar:
             axes = sensitive_axes(engine, MAX_AXES, bases=bases, seed=seed + 1,
                                   progress=lambda f: bar.update(round(f * 100) - bar.n))
-        written.append(save_slider_axes(out, axes, engine.fingerprint, method="sensitive_axes", reader="img2id",
+        written.append(save_slider_axes(out, axes, engine.cache_key("slider_axes"), method="sensitive_axes", reader="img2id",
                                         bases=bases, seed=seed + 1))
         engine.reload_axes()
     if "sliders" in parts and engine.baseline is not None:  # the judge: which sliders change who the person is
         with tqdm(total=100, desc="slider ranking") as bar:
             ranking = axis_identity_change(engine, engine.baseline, seed=seed,
                                            progress=lambda f: bar.update(round(f * 100) - bar.n))
-        written.append(save_keyed_json(out, SLIDER_RANKING_FILE, engine.fingerprint, **ranking))
+        written.append(save_keyed_json(out, SLIDER_RANKING_FILE, engine.cache_key("slider_ranking"), **ranking))
     if "portraits" in parts:
         with tqdm(total=engine.num_identities, desc="portraits") as bar:
             images = engine.explorer.all_portraits(seed, progress=lambda f: bar.update(round(f * bar.total) - bar.n))
-        written.append(save_portraits(out, images, engine.fingerprint, seed))
+        written.append(save_portraits(out, images, engine.cache_key("portraits"), seed))
     return written
 
 
@@ -196,8 +208,10 @@ def main() -> None:
         ap.error("--run is required (unless --precomputed-only)")
     if a.only:
         export(a.run, a.out, a.fp16, only=a.only, continues=a.continues is not None)
-        print(f"added {', '.join(a.only)} of {a.run} to {a.out}; if the networks' fingerprint changed "
-              f"(any of generator, prior, img2id, img2noise), remake the caches: --precomputed-only")
+        stale = stale_precomputed(a.only)
+        print(f"added {', '.join(a.only)} of {a.run} to {a.out}; "
+              + (f"remake what was made from them: --precomputed-only {' '.join(stale)}" if stale
+                 else "no precomputed part is made from them"))
         return
     export(a.run, a.out, a.fp16, a.baseline_run)
     if a.continues is not None:

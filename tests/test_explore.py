@@ -229,9 +229,10 @@ def test_portraits_shipped_with_the_weights_spare_the_generator(tiny_weights, tm
     engine = ReIDEngine.from_pretrained(folder, device="cpu")
     made = engine.explorer.all_portraits(seed=0, batch=3)
     assert made.shape == (engine.num_identities, *engine.image_size, 3)
-    save_portraits(folder, made, engine.fingerprint, seed=0)
-    assert np.array_equal(load_portraits(folder, engine.fingerprint, 0), made)      # lossless
-    assert load_portraits(folder, "other-weights", 0) is None and load_portraits(folder, engine.fingerprint, 1) is None
+    key = engine.cache_key("portraits")
+    save_portraits(folder, made, key, seed=0)
+    assert np.array_equal(load_portraits(folder, key, 0), made)      # lossless
+    assert load_portraits(folder, "other-weights", 0) is None and load_portraits(folder, key, 1) is None
     calls = []
     original = engine.generate
     monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -240,7 +241,55 @@ def test_portraits_shipped_with_the_weights_spare_the_generator(tiny_weights, tm
     shown = fresh.portrait_images(range(engine.num_identities), seed=0)
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(shown, made)) and not calls
     (folder / PORTRAITS_FILE).write_bytes(b"damaged")                                # unreadable: not used
-    assert load_portraits(folder, engine.fingerprint, 0) is None
+    assert load_portraits(folder, key, 0) is None
+
+
+def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_weights):
+    """A new Img2Noise keeps every shipped part; a new judge only the slider ranking; a new
+    Img2ID the slider axes and ranking; a new generator all of them. The export script names
+    the same parts to remake."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from reid_core import ReIDEngine
+    from reid_core.engine import PRECOMPUTED_FROM
+
+    def keys(change=None, preset=None):
+        engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+        if change:
+            with torch.no_grad():
+                next(getattr(engine, change).parameters()).add_(0.5)
+        for field, value in (preset or {}).items():
+            setattr(engine.preset, field, value)
+        return engine.fingerprint, {part: engine.cache_key(part) for part in PRECOMPUTED_FROM}
+
+    full, parts = keys()
+    assert len(set(parts.values())) == 3 and full not in parts.values()   # map = portraits; axes; ranking
+    expect = {"img2noise": set(), "prior": set(), "baseline": {"slider_ranking"},
+              "img2id": {"slider_axes", "slider_ranking"}, "generator": set(PRECOMPUTED_FROM)}
+    for change, stale in expect.items():
+        f, p = keys(change)
+        assert {part for part in parts if p[part] != parts[part]} == stale, change
+        assert (f != full) == (change != "baseline"), change       # the full key leaves the judge out
+    f, p = keys(preset={"img2noise_steps": 1, "noise_refine_channels": 8})  # another Img2Noise recipe
+    assert p == parts and f != full
+    assert keys(preset={"sample_steps": 3})[1]["portraits"] != parts["portraits"]
+    with pytest.raises(ValueError, match="keyed"):
+        ReIDEngine.from_pretrained(tiny_weights, device="cpu").fingerprint_of("pose")
+
+    spec = importlib.util.spec_from_file_location("export_keys", Path(__file__).resolve().parents[1] / "scripts" / "export_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        assert mod.stale_precomputed(["img2noise", "uncertainty"]) == []
+        assert mod.stale_precomputed(["baseline"]) == mod.stale_precomputed(["img2id"]) == ["sliders"]
+        assert mod.stale_precomputed(["generator"]) == list(mod.PRECOMPUTED)
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 def test_identity_map_fitted_at_export_is_used_as_shipped(tiny_weights, tmp_path, monkeypatch):
@@ -252,7 +301,7 @@ def test_identity_map_fitted_at_export_is_used_as_shipped(tiny_weights, tmp_path
     shutil.copytree(tiny_weights, folder)
     engine = ReIDEngine.from_pretrained(folder, device="cpu")
     coords = np.random.default_rng(0).normal(size=(engine.num_identities, 2)).astype(np.float32)
-    save_identity_map(folder, "umap", coords, engine.fingerprint)
+    save_identity_map(folder, "umap", coords, engine.cache_key("identity_map"))
     monkeypatch.setattr(IdentityMap, "min_umap_points", 10**9)  # a fit now would be PCA: it must not happen
     m = Explorer(engine).identity_map()
     assert m.method == "umap" and np.allclose(m.coords, coords, atol=1e-4)
@@ -281,7 +330,7 @@ def test_axis_identity_change_and_the_slider_order_it_ships(tiny_weights, tmp_pa
     assert sorted(r["order"]) == list(range(k)) and list(np.diff(rate[r["order"]]) <= 0) == [True] * (k - 1)
     assert r["changed_axes"] == int((rate >= 0.5).sum())
     assert Explorer(engine).slider_order() == (list(range(k)), None)      # nothing shipped: natural order
-    save_keyed_json(folder, SLIDER_RANKING_FILE, engine.fingerprint, **r)
+    save_keyed_json(folder, SLIDER_RANKING_FILE, engine.cache_key("slider_ranking"), **r)
     assert Explorer(engine).slider_order() == (r["order"], r["rate"])
     order, labels, note = common.slider_layout(engine)
     assert order == r["order"] and "changes who" in labels[0] and "Fig. 11" in note

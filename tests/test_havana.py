@@ -87,7 +87,7 @@ def test_the_head_is_added_to_a_weights_folder_without_touching_the_rest(tiny_we
 
     from safetensors.torch import load_file
 
-    from reid_core.engine import ReIDEngine
+    from reid_core.engine import PRECOMPUTED_FROM, ReIDEngine
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("export_script", root / "scripts" / "export_weights.py")
     mod = importlib.util.module_from_spec(spec)
@@ -109,6 +109,7 @@ def test_the_head_is_added_to_a_weights_folder_without_touching_the_rest(tiny_we
     assert all(v.dtype == torch.float32 for k, v in tensors.items() if "running" in k)
     after = ReIDEngine.from_pretrained(w, device="cpu")
     assert after.fingerprint == before.fingerprint and after.uncertainty is not None
+    assert all(after.cache_key(part) == before.cache_key(part) for part in PRECOMPUTED_FROM)
     logged = json.loads((w / "training_log.json").read_text())
     assert "uncertainty" in logged and set(log) - {"uncertainty"} <= set(logged)
     assert logged["history"][-1]["what"] == "uncertainty"    # counted in the weights' training time

@@ -161,7 +161,7 @@ def test_sliders_follow_the_axes_the_generator_draws_and_ship_with_the_weights(t
     with pytest.raises(ValueError, match="reader"):
         sensitive_axes(engine, 32, reader="judge")
 
-    save_slider_axes(tmp_path, axes, engine.fingerprint, method="sensitive_axes")
+    save_slider_axes(tmp_path, axes, engine.cache_key("slider_axes"), method="sensitive_axes")
     engine.weights_dir = tmp_path
     engine.reload_axes()
     np.testing.assert_array_equal(engine.latent_axes, axes)
