@@ -1,7 +1,7 @@
 """Assemble a trained run into a shippable weights folder, fp16 where it loses nothing measurable.
 
     python scripts/export_weights.py --run runs/cpu [--baseline-run runs/cpu-baseline] --out weights [--fp16]
-    python scripts/export_weights.py --out weights --precomputed-only [identity_map sliders portraits]
+    python scripts/export_weights.py --out weights --precomputed-only [identity_map portraits slider_axes slider_ranking]
     python scripts/export_weights.py --run runs/unc --out weights --fp16 --only uncertainty
 
 Copies each component's config.json and safetensors (cast to fp16 with --fp16), plus
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 
 from reid_core.config import Preset
-from reid_core.engine import ReIDEngine
+from reid_core.engine import PRECOMPUTED_FROM, ReIDEngine
 from reid_core.io import atomic_write_json
 from reid_core.training.pipeline import COMPONENT_STAGES, with_stage_fields
 from reid_core.weights import COMPONENTS, FILES, PRESET_FILE
@@ -130,19 +130,13 @@ def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
     return log["history"]
 
 
-PRECOMPUTED = ("identity_map", "sliders", "portraits")
-
-
-# the engine's precomputed caches behind each part
-CACHES_OF = {"identity_map": ("identity_map",), "sliders": ("slider_axes", "slider_ranking"), "portraits": ("portraits",)}
+PRECOMPUTED = tuple(PRECOMPUTED_FROM)  # identity_map, portraits, slider_axes, slider_ranking
 
 
 def stale_precomputed(components) -> list[str]:
     """The precomputed parts a new copy of these components invalidates (every part is made
     from the generator and its table; `PRECOMPUTED_FROM` says what else)."""
-    from reid_core.engine import PRECOMPUTED_FROM
-    return [part for part in PRECOMPUTED
-            if any(c == "generator" or c in PRECOMPUTED_FROM[cache] for c in components for cache in CACHES_OF[part])]
+    return [part for part in PRECOMPUTED if any(c == "generator" or c in PRECOMPUTED_FROM[part] for c in components)]
 
 
 def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
@@ -151,7 +145,7 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit), the slider
     axes of a wide identity (the directions that most change who the generated person looks
     like) and which sliders change who the person is (the judge over a +-2 sd sweep of every
-    axis). `parts`: which of them."""
+    axis). `parts`: which of them (new slider axes bring a new ranking)."""
     from tqdm import tqdm
 
     from reid_core import ReIDEngine
@@ -161,11 +155,12 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     from reid_core.weights import (SLIDER_RANKING_FILE, save_identity_map, save_keyed_json, save_portraits,
                                    save_slider_axes)
     engine = ReIDEngine.from_pretrained(out)
+    parts = {*parts, "slider_ranking"} if "slider_axes" in parts else set(parts)
     written = []
     if "identity_map" in parts:
         imap = IdentityMap(engine.identity_table, seed=seed)
         written.append(save_identity_map(out, imap.method, imap.coords, engine.cache_key("identity_map")))
-    if "sliders" in parts and not engine.axes_are_dimensions:
+    if "slider_axes" in parts and not engine.axes_are_dimensions:
         # a wide identity: slide along the directions that most change who Img2ID sees in the picture
         bases = 8
         with tqdm(total=100, desc="slider axes") as bar:
@@ -174,7 +169,7 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
         written.append(save_slider_axes(out, axes, engine.cache_key("slider_axes"), method="sensitive_axes", reader="img2id",
                                         bases=bases, seed=seed + 1))
         engine.reload_axes()
-    if "sliders" in parts and engine.baseline is not None:  # the judge: which sliders change who the person is
+    if "slider_ranking" in parts and engine.baseline is not None:  # the judge: which sliders change who the person is
         with tqdm(total=100, desc="slider ranking") as bar:
             ranking = axis_identity_change(engine, engine.baseline, seed=seed,
                                            progress=lambda f: bar.update(round(f * 100) - bar.n))
