@@ -478,10 +478,22 @@ def _havana_row(out: Path) -> list[str]:
             f"{_mark(True)} |"]
 
 
+def _by_command(commands: dict) -> dict:
+    """{section: command} -> {command: [sections]}, in the order first measured."""
+    out: dict = {}
+    for section, cmd in commands.items():
+        out.setdefault(cmd, []).append(section)
+    return out
+
+
 def report(res: dict, out: Path) -> str:
+    commands = res.get("commands") or {"all": res.get("command", "?")}
     L = ["# Benchmarks", "",
-         f"Measured by `{res['command']}` on {res['machine']} ({res['date']}), weights `{res['weights']}` "
-         f"(preset `{res['preset']}`). {'QUICK mode: subsets, see counts.' if res['quick'] else ''}", "",
+         f"Measured on {res['machine']} ({res['date']}), weights `{res['weights']}` "
+         f"(preset `{res['preset']}`).{' QUICK mode: subsets, see counts.' if res['quick'] else ''} "
+         "Each section by the last command that measured it:", "",
+         "| sections | command |", "| --- | --- |",
+         *(f"| {', '.join(secs)} | `{cmd}` |" for cmd, secs in _by_command(commands).items()), "",
          "## The figures", "", "| figure | measured | target |", "| --- | --- | --- |", *summary_rows(res),
          *_havana_row(out), ""]
     r = res.get("reid")
@@ -702,6 +714,15 @@ def _notes(out: Path) -> str:
     return "\n" + (notes.read_text() if notes.exists() else "")
 
 
+def merged(old: dict, res: dict, sections) -> dict:
+    """`res` (this run's sections) over `old`'s other sections, each keeping the command that
+    measured it (`commands`: section -> command)."""
+    kept = [k for k in old if k in sections and k not in res["commands"]]
+    earlier = old.get("commands") or {}
+    return {**{k: old[k] for k in kept}, **res,
+            "commands": {**{k: earlier.get(k, old.get("command", "?")) for k in kept}, **res["commands"]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
@@ -738,10 +759,9 @@ def main() -> None:
              "sliders": lambda: bench_sliders(engine, a.out / "img", a.quick),
              "swap": lambda: bench_swap(engine, a.data, a.out / "img", a.quick),
              "pictures": lambda: pictures(engine, a.data, a.out / "img")}
+    res["commands"] = {name: res["command"] for name in a.sections}
     if a.merge and (a.out / "benchmarks.json").exists():
-        old = json.loads((a.out / "benchmarks.json").read_text())
-        res = {**{k: v for k, v in old.items() if k in steps and k not in a.sections}, **res}
-        res["command"] += " (merged with earlier sections: " + old.get("command", "?") + ")"
+        res = merged(json.loads((a.out / "benchmarks.json").read_text()), res, steps)
     for name in a.sections:
         t = time.perf_counter()
         res[name] = steps[name]()
