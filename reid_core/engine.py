@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import BaselineConfig, Img2IDConfig, Img2NoiseConfig, Preset, PriorConfig
+from .config import BaselineConfig, Img2IDConfig, Img2NoiseConfig, Preset, PriorConfig, UncertaintyConfig
 from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load_image, parse_market_name,
                    to_array, to_tensor, to_uint8)
 from .diffusion import ddim_invert, ddim_sample, sample_prior
@@ -851,7 +851,6 @@ class ReIDEngine:
         key = tuple(n for n in KEYED_NETWORKS if n in networks)
         if key not in self._fingerprints:
             # the uncertainty head is never keyed: adding it keeps every cache valid
-            from .config import UncertaintyConfig
             skip = {f.name for c in [UncertaintyConfig, *(KEYED_NETWORKS[n] for n in KEYED_NETWORKS if n not in key)]
                     for f in dataclasses.fields(c)}
             h = hashlib.sha1(json.dumps({k: v for k, v in dataclasses.asdict(self.preset).items() if k not in skip},
