@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from reid_core.data import DEMO_DATA, DatasetError, ImageError, cache_dir, parse_market_name
+from reid_core.engine import INVERSION_METHODS, REFINE_STEPS
 from reid_core.explore import IdentityMap, grid, noise_to_image, upscale  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,9 @@ TRAINING, PRIOR, PHOTO = "Training identity", "New identity (prior)", "From a ph
 IDENTITY_SOURCES = (TRAINING, PRIOR, PHOTO)
 SWAP_SOURCES = (TRAINING, PRIOR)
 SWAP_KEEP_LABEL = "How much of the photo's noise to keep (1: all, its colours win; 0: none, a fresh pose)"
-METHODS = ("img2noise", "ddim")
+METHODS = INVERSION_METHODS
+METHODS_HELP = ("img2noise: the trained network (one pass); refined: its noise after "
+                f"{REFINE_STEPS} gradient steps through the sampling chain; ddim: DDIM inversion")
 MAX_SEEDS = 16
 SCALE = 4            # display upscaling of model-size images (64x32 -> 256x128)
 MAX_UPLOADS = 200    # photos one visitor may add to their own gallery

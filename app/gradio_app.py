@@ -27,7 +27,7 @@ from reid_core.engine import SWAP_KEEP, Certainty, Inversion
 from reid_core.explore import IdentityMap, grid, noise_to_image, slider_ranges, upscale
 
 from . import common
-from .common import IDENTITY_SOURCES, METHODS, SWAP_KEEP_LABEL, SWAP_SOURCES, TRAINING
+from .common import IDENTITY_SOURCES, METHODS, METHODS_HELP, SWAP_KEEP_LABEL, SWAP_SOURCES, TRAINING
 
 TITLE = "Generative person re-identification"
 CONCURRENCY = 2  # simultaneous model calls: one per core of a 2-core CPU
@@ -582,7 +582,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=300):
                     i_photo = photo_input(label="Photo of a person", height=260, elem_id="inv-photo", value=first)
                     i_method = gr.Radio(list(METHODS), value="img2noise", label="Noise inversion",
-                                        info="img2noise: the trained network (one pass); ddim: DDIM inversion")
+                                        info=METHODS_HELP)
                     i_btn = gr.Button("Invert", variant="primary", elem_id="inv-btn")
                     gr.Examples([[p] for p in examples], inputs=[i_photo], label="Example photos",
                                 examples_per_page=12)

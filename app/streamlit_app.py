@@ -18,7 +18,7 @@ from PIL import Image
 
 from app import common
 from app.streamlit_server import fix_streamlit_gzip
-from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, PHOTO, SWAP_KEEP_LABEL, SWAP_SOURCES
+from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, METHODS_HELP, PHOTO, SWAP_KEEP_LABEL, SWAP_SOURCES
 from reid_core.data import DatasetError, ImageError
 from reid_core.engine import SWAP_KEEP, ReIDEngine, WeightsError
 from reid_core.explore import grid, noise_to_image, slider_ranges, upscale
@@ -144,7 +144,7 @@ def tab_invert(engine, scale):
     with left:
         photo = photo_picker(engine, "inv")
         method = st.radio("Noise inversion", METHODS, horizontal=True, key="inv-method",
-                          help="img2noise: the trained network (one pass); ddim: DDIM inversion")
+                          help=METHODS_HELP)
         go = st.button("Invert", type="primary", key="inv-btn")
     with right:
         if go:

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 
 from reid_core.data import DEMO_DATA, load_split
-from reid_core.engine import SWAP_KEEP, Gallery, ReIDEngine, psnr
+from reid_core.engine import INVERSION_METHODS, REFINE_STEPS, SWAP_KEEP, Gallery, ReIDEngine, psnr
 from reid_core.evaluate import (CENTRALIZE_M, calibrate_verdict, choose_centralization, evaluate, evaluate_variants,
                                 generate_rows, identity_consistency)
 from timing import timeit  # scripts/timing.py
@@ -130,7 +130,7 @@ def bench_inversion(engine, data, quick: bool) -> dict:
     n = 100 if quick else len(q)
     imgs, crops = q.images[:n], crops[:n]
     out = {"images": len(imgs)}
-    for method in ("img2noise", "ddim"):
+    for method in INVERSION_METHODS:
         t0 = time.perf_counter()
         rec, _, _ = engine.reconstruct_arrays(imgs, method, crops_u8=crops)
         ps = [psnr(a, b) for a, b in zip(imgs, rec)]
@@ -617,10 +617,12 @@ def report(res: dict, out: Path) -> str:
     v = res.get("inversion")
     if v:
         L += ["## Inversion: GEN(Img2Noise(x), Img2ID(x)) on the test queries", "",
-              "| method | PSNR (dB) | SSIM |", "| --- | --- | --- |",
-              f"| Img2Noise (one pass) | {v['img2noise']['psnr']:.2f} | {v['img2noise']['ssim']:.3f} |",
-              f"| DDIM inversion (10 steps) | {v['ddim']['psnr']:.2f} | {v['ddim']['ssim']:.3f} |", "",
-              f"{v['images']} query images at the model's resolution.", ""]
+              "| method | PSNR (dB) | SSIM | seconds per image, reconstruction included |", "| --- | --- | --- | --- |",
+              *(f"| {title} | {v[m]['psnr']:.2f} | {v[m]['ssim']:.3f} | {v[m]['seconds'] / v['images']:.3f} |"
+                for m, title in (("img2noise", "Img2Noise (one pass)"),
+                                 ("refined", f"Img2Noise + {REFINE_STEPS} gradient steps through the chain"),
+                                 ("ddim", "DDIM inversion (10 steps)")) if m in v), "",
+              f"{v['images']} query images at the model's resolution, batches of 128.", ""]
     s = res.get("speed")
     if s:
         L += ["## Speed on this machine (CPU, p50 / p95)", "", "| operation | p50 | p95 |", "| --- | --- | --- |"]

@@ -126,7 +126,7 @@ def test_parse_seeds():
 
 
 # ---------------------------------------------------------------- invert and swap
-@pytest.mark.parametrize("method", ["img2noise", "ddim"])
+@pytest.mark.parametrize("method", ["img2noise", "refined", "ddim"])
 def test_invert(app, engine, photo, method):
     inp, rec, noise, fig, cap = app.invert(photo, method)
     h, w = engine.image_size
