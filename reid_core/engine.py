@@ -598,11 +598,11 @@ class ReIDEngine:
         with torch.inference_mode(False), torch.enable_grad():
             x, ident = x.clone().float(), ident.clone().float()
             z = z.clone().float().requires_grad_(True)
-            best, best_err = z.detach().clone(), torch.full((len(x),), float("inf"))
+            best, best_err = z.detach().clone(), torch.full((len(x),), float("inf"), device=x.device)
             opt = torch.optim.Adam([z], lr=lr)
             for step in range(steps + 1):
                 rec = ddim_sample(self.generator, ident, z, self.preset.sample_steps, grad=step < steps).float()
-                err = (rec.detach() - x).pow(2).flatten(1).mean(1).cpu()
+                err = (rec.detach() - x).pow(2).flatten(1).mean(1)
                 better = err < best_err
                 best[better], best_err[better] = z.detach()[better], err[better]
                 if step < steps:

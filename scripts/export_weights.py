@@ -148,7 +148,6 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     axis). `parts`: which of them (new slider axes bring a new ranking)."""
     from tqdm import tqdm
 
-    from reid_core import ReIDEngine
     from reid_core.engine import MAX_AXES
     from reid_core.evaluate import axis_identity_change, sensitive_axes
     from reid_core.explore import IdentityMap
