@@ -123,6 +123,7 @@ class Img2NoiseConfig:
     img2noise_recon_every: int = 1                   # apply it every k-th step (it costs `sample_steps` passes)
     img2noise_recon_all_real: bool = False           # the chain loss (it needs no target) reads every real image
     img2noise_recon_loss: str = "l1"                 # "l1" or "mse" (what PSNR measures) on the rebuilt image
+    img2noise_flip: float = 0.0                      # share of real images seen mirrored (chain loss only)
 
 
 @dataclass

@@ -178,6 +178,36 @@ def test_img2noise_chain_loss_reads_real_images_without_inverted_targets(identit
         get_preset("tiny", img2noise_recon_loss="l2")
 
 
+def test_img2noise_batch_mirrors_real_images_and_drops_their_targets():
+    """`img2noise_flip` shows that share of the real photos mirrored; a mirrored photo has no
+    known noise, so only the chain loss reads it. Bank images are never mirrored, and the
+    draw is a function of the step's rng (resume stays exact)."""
+    from reid_core.training.img2noise import draw_batch
+
+    images = torch.arange(10 * 3 * 4 * 2, dtype=torch.float32).reshape(10, 3, 4, 2)
+    bank = -torch.arange(6 * 3 * 4 * 2, dtype=torch.float32).reshape(6, 3, 4, 2) - 1
+    target_of = torch.tensor([0, -1, 1, -1, 2, -1, 3, -1, 4, -1])
+
+    def draw(flip, seed=3):
+        return draw_batch(np.random.default_rng(seed), images, target_of, bank,
+                          get_preset("tiny", img2noise_batch=64, img2noise_flip=flip))
+
+    i, j, x, has = draw(0.0)
+    assert torch.equal(x[:32], images[i]) and torch.equal(x[32:], bank[j])
+    assert torch.equal(has, torch.cat([target_of[i] >= 0, torch.ones(32, dtype=torch.bool)]))
+    i, j, x, has = draw(0.5)
+    mirrored = torch.tensor([torch.equal(x[k], images[i[k]].flip(2)) for k in range(32)])
+    assert 0 < int(mirrored.sum()) < 32  # about half, never the bank
+    assert all(torch.equal(x[k], images[i[k]]) for k in range(32) if not mirrored[k])
+    assert torch.equal(x[32:], bank[j])
+    assert not has[:32][mirrored].any() and has[32:].all()
+    assert torch.equal(has[:32][~mirrored], target_of[i][~mirrored] >= 0)
+    i, _, x, has = draw(1.0)
+    assert torch.equal(x[:32], images[i].flip(3)) and not has[:32].any()
+    for a, b in zip(draw(0.5), draw(0.5)):
+        assert torch.equal(a, b)
+
+
 def test_set_takes_json_values_and_bare_words():
     from reid_core.training.pipeline import _set_value
     assert _set_value("300") == 300 and _set_value("2e-4") == 2e-4 and _set_value("true") is True

@@ -61,6 +61,26 @@ def inverted_subset(num_images: int, preset: Preset) -> np.ndarray:
     return np.sort(rng.choice(num_images, preset.img2noise_real_images, replace=False))
 
 
+def draw_batch(rng: np.random.Generator, images: torch.Tensor, target_of: torch.Tensor, bank_x: torch.Tensor,
+               preset: Preset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's batch: real images i and bank images j, half each.
+
+    Returns (i, j, x, has): x the images, real ones first; `has` marks the images whose target
+    noise is known (a bank image, or a real one with an inverted target). With
+    `img2noise_flip`, that share of the real images is seen mirrored: a new photo of the same
+    person (Img2ID's identity is mirror-invariant, `IdentityEncoder.embed`) whose noise is
+    unknown, so it gets the chain loss only."""
+    half = preset.img2noise_batch // 2
+    i = torch.from_numpy(rng.integers(0, len(images), preset.img2noise_batch - half))
+    j = torch.from_numpy(rng.integers(0, len(bank_x), half))
+    real, has_real = images[i], target_of[i] >= 0
+    if preset.img2noise_flip:
+        flip = torch.from_numpy(rng.random(len(i)) < preset.img2noise_flip)
+        real = torch.where(flip[:, None, None, None], real.flip(3), real)
+        has_real = has_real & ~flip
+    return i, j, torch.cat([real, bank_x[j]]), torch.cat([has_real, torch.ones(half, dtype=torch.bool)])
+
+
 def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, out: Path, *,
                     init: Path | None = None, device: str = "cpu", resume: bool = False, progress: bool = True):
     torch.manual_seed(preset.seed)
@@ -87,13 +107,10 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
                      schedules=[warmup_cosine(steps, min(preset.img2noise_warmup, steps // 5 + 1))],
                      checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
     generator.requires_grad_(False)
-    half = preset.img2noise_batch // 2
 
     def step_fn(step, rng, g):
-        i = torch.from_numpy(rng.integers(0, len(images), preset.img2noise_batch - half))
-        j = torch.from_numpy(rng.integers(0, len(bank_x), half))
-        x = torch.cat([images[i], bank_x[j]]).to(device)
-        has = torch.cat([target_of[i] >= 0, torch.ones(half, dtype=torch.bool)]).to(device)
+        i, j, x, has = draw_batch(rng, images, target_of, bank_x, preset)
+        x, has = x.to(device), has.to(device)
         z = torch.cat([real_z[target_of[i].clamp(min=0)], bank_z[j]]).to(device)
         pred = net(x).float()
         loss = F.mse_loss(pred[has], z[has])
