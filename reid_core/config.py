@@ -198,6 +198,11 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
         for name in ("gen_loss", "img2noise_recon_loss"):
             if getattr(self, name) not in ("l1", "mse"):
                 raise ValueError(f"{name} must be 'l1' or 'mse', got {getattr(self, name)!r}")
+        if not 0.0 <= self.img2noise_flip <= 1.0:
+            raise ValueError(f"img2noise_flip is a share of the real photos, got {self.img2noise_flip}")
+        if self.img2noise_flip and not self.img2noise_recon_weight:
+            raise ValueError("img2noise_flip needs the chain loss (img2noise_recon_weight > 0): "
+                             "a mirrored photo has no target noise")
 
     def component(self, cls):
         """One component's config (a class of COMPONENTS) with this preset's values."""

@@ -206,6 +206,10 @@ def test_img2noise_batch_mirrors_real_images_and_drops_their_targets():
     assert torch.equal(x[:32], images[i].flip(3)) and not has[:32].any()
     for a, b in zip(draw(0.5), draw(0.5)):
         assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="chain loss"):
+        get_preset("tiny", img2noise_flip=0.5, img2noise_recon_weight=0.0)
+    with pytest.raises(ValueError, match="share"):
+        get_preset("tiny", img2noise_flip=1.5)
 
 
 def test_set_takes_json_values_and_bare_words():

@@ -5,7 +5,8 @@ noise of real ones under Img2ID's identity (what the engine pairs it with); plus
 `img2noise_recon_weight` > 0, an L1 loss on the image rebuilt through the whole sampling
 chain (what the paper optimises; `sample_steps` generator passes per step). That loss needs
 no target, so with `img2noise_recon_all_real` it reads every real image, not only the inverted
-subset; `img2noise_recon_loss` "mse" optimises what PSNR measures.
+subset; `img2noise_recon_loss` "mse" optimises what PSNR measures; `img2noise_flip` shows that share
+of the real photos mirrored, to that loss only (`draw_batch`).
 """
 from __future__ import annotations
 
