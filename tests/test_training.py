@@ -212,6 +212,30 @@ def test_img2noise_batch_mirrors_real_images_and_drops_their_targets():
         get_preset("tiny", img2noise_flip=1.5)
 
 
+def test_inverted_noise_cache_belongs_to_its_subset(identity_run, tmp_path, monkeypatch):
+    """The DDIM-inverted targets are cached per run; a cache made for another subset of real
+    images (another seed picks another one) is made anew, not read as this subset's."""
+    import reid_core.training.img2noise as stage
+
+    calls = []
+    real_invert = stage.ddim_invert
+    monkeypatch.setattr(stage, "ddim_invert", lambda *a, **kw: calls.append(1) or real_invert(*a, **kw))
+    gen = load_component(identity_run, "generator")
+    preset = get_preset("tiny")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, *preset.image_size, generator=g) * 2 - 1
+    ids = torch.nn.functional.normalize(torch.randn(6, preset.id_dim, generator=g), dim=1)
+    (tmp_path / "checkpoints").mkdir()
+
+    def invert(subset):
+        return stage.inverted_noise(gen, images[:3], ids[:3], np.asarray(subset), preset, tmp_path, "cpu", False)
+
+    first = invert([0, 2, 4])
+    assert len(calls) == 1 and torch.equal(invert([0, 2, 4]), first) and len(calls) == 1
+    invert([1, 2, 4])
+    assert len(calls) == 2
+
+
 def test_set_takes_json_values_and_bare_words():
     from reid_core.training.pipeline import _set_value
     assert _set_value("300") == 300 and _set_value("2e-4") == 2e-4 and _set_value("true") is True

@@ -38,17 +38,21 @@ def embed_crops(img2id, crops: np.ndarray, device: str, batch: int = 256) -> tor
 
 
 @torch.no_grad()
-def inverted_noise(generator, images: torch.Tensor, identities: torch.Tensor, preset: Preset, out: Path,
-                   device: str, progress: bool, batch: int = 256) -> torch.Tensor:
-    path = Path(out) / "checkpoints" / f"inverted_noise_{len(images)}.npz"  # per subset size: never a stale one
+def inverted_noise(generator, images: torch.Tensor, identities: torch.Tensor, subset: np.ndarray, preset: Preset,
+                   out: Path, device: str, progress: bool, batch: int = 256) -> torch.Tensor:
+    """DDIM-inverted noise of `images` (the real images `subset` picked), cached in the run's
+    checkpoints with the subset it belongs to: a cache of another subset (another seed) is
+    made anew, never read as this one's."""
+    path = Path(out) / "checkpoints" / f"inverted_noise_{len(images)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
-            return torch.from_numpy(z["noise"])
+            if "subset" in z.files and np.array_equal(z["subset"], subset):
+                return torch.from_numpy(z["noise"])
     zs = [ddim_invert(generator, images[i:i + batch].to(device), identities[i:i + batch].to(device),
                       preset.sample_steps).float().cpu()
           for i in tqdm(range(0, len(images), batch), desc="ddim inversion", disable=not progress, leave=False)]
     z = torch.cat(zs)
-    atomic_savez(path, noise=z.numpy())
+    atomic_savez(path, noise=z.numpy(), subset=np.asarray(subset))
     return z
 
 
@@ -93,11 +97,11 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
         images, real_id = data.images, embed_crops(img2id, data.crops, device)
         target_of = torch.full((len(images),), -1, dtype=torch.long)
         target_of[torch.from_numpy(pick)] = torch.arange(len(pick))
-        real_z = inverted_noise(generator, images[pick], real_id[pick], preset, out, device, progress)
+        real_z = inverted_noise(generator, images[pick], real_id[pick], pick, preset, out, device, progress)
     else:
         images, real_id = data.images[pick], embed_crops(img2id, data.crops[pick], device)
         target_of = torch.arange(len(pick))
-        real_z = inverted_noise(generator, images, real_id, preset, out, device, progress)
+        real_z = inverted_noise(generator, images, real_id, pick, preset, out, device, progress)
     net = start_weights(NoiseEncoder(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
                                      layers_per_block=preset.noise_layers_per_block,
                                      refine_channels=preset.noise_refine_channels,
