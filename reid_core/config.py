@@ -187,6 +187,7 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
     guidance_scale: float = 1.0                      # classifier-free guidance at sampling (1: off)
     guidance_steps: int = 0                          # ... up to this DDIM step (0: the last)
     guidance_start: int = 0                          # ... but not on the first so many (the noisiest)
+    guidance_every: int = 1                          # its direction computed every k-th guided step, reused between
     checkpoint_every: int = 500
     snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
 
@@ -200,6 +201,8 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
                 raise ValueError(f"{name} must be 'l1' or 'mse', got {getattr(self, name)!r}")
         if not 0.0 <= self.img2noise_flip <= 1.0:
             raise ValueError(f"img2noise_flip is a share of the real photos, got {self.img2noise_flip}")
+        if self.guidance_every < 1:
+            raise ValueError(f"guidance_every counts guided steps, at least 1, got {self.guidance_every}")
         if self.img2noise_flip and not self.img2noise_recon_weight:
             raise ValueError("img2noise_flip needs the chain loss (img2noise_recon_weight > 0): "
                              "a mirrored photo has no target noise")

@@ -181,6 +181,7 @@ class ReIDEngine:
         self.guidance_scale = float(preset.guidance_scale) if generator.supports_guidance else 1.0
         self.guidance_steps = preset.guidance_steps or None
         self.guidance_start = preset.guidance_start
+        self.guidance_every = preset.guidance_every
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
@@ -325,7 +326,8 @@ class ReIDEngine:
             scale = self.guidance_scale if guidance_scale is None or not self.generator.supports_guidance \
                 else float(guidance_scale)
             return ddim_sample(net, ids, z, steps, extra_features_fn=extra_fn, guidance_scale=scale,
-                               guidance_steps=self.guidance_steps, guidance_start=self.guidance_start)
+                               guidance_steps=self.guidance_steps, guidance_start=self.guidance_start,
+                               guidance_every=self.guidance_every)
 
     @torch.inference_mode()
     def pose_views(self, crops_u8: np.ndarray, images_u8: np.ndarray | None = None, poses: Sequence[int] | None = None,

@@ -4,8 +4,9 @@ initial noise's temperature.
 
     python scripts/sweep_sampling.py --weights runs/s16 --settings 3,1 4,1 5,1 3,0.85 [--identities 100]
 
-Each setting is "scale,temperature[,end[,start]]": guidance on DDIM steps start..end-1 of the
-10 (the preset's `guidance_start` and `guidance_steps`; end 0: to the last). Prints one JSON
+Each setting is "scale,temperature[,end[,start[,every]]]": guidance on DDIM steps start..end-1 of
+the 10 (the preset's `guidance_start` and `guidance_steps`; end 0: to the last), its direction
+computed on every `every`-th of them and reused between (`guidance_every`; default 1). Prints one JSON
 line per setting, the same figures as `benchmark.py --sections consistency`.
 
     python scripts/sweep_sampling.py --settings 3,1 --sampler ddim dpm2m unipc
@@ -79,12 +80,14 @@ def main() -> None:
     for sampler in a.sampler:
         diffusion.make_scheduler = scheduler_factory(sampler)
         for spec in a.settings:
-            scale, temp, end, start = (list(map(float, spec.split(","))) + [0.0, 0.0])[:4]
+            values = list(map(float, spec.split(",")))
+            scale, temp, end, start, every = values + [0.0, 0.0, 1.0][len(values) - 2:]
             engine.guidance_scale, engine.guidance_steps, engine.guidance_start = scale, int(end) or None, int(start)
+            engine.guidance_every = int(every)
             engine.noise = lambda seeds, t=temp: unit_noise(seeds) * t
             r = identity_consistency(engine, engine.baseline, a.data, rows=rows, seeds=range(8))
             print(json.dumps({"sampler": sampler, "scale": scale, "temperature": temp,
-                              "guided_steps": [int(start), int(end)],
+                              "guided_steps": [int(start), int(end)], "guidance_every": int(every),
                               **{k: r[k] for k in ("top1", "top5", "seed_agreement", "diversity", "seconds")}}),
                   flush=True)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from reid_core.diffusion import ddim_invert, ddim_sample, guided_eps
 from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder
-from reid_core.schedule import cosine_alphas_cumprod, make_scheduler
+from reid_core.schedule import cosine_alphas_cumprod, make_scheduler, noise_variance
 
 
 def test_schedule_matches_the_paper():
@@ -97,11 +97,17 @@ def test_film_identity_reaches_every_block_and_the_null_identity_replaces_it():
         concat(x, var, a, drop_identity=dropped)
 
 
-def test_classifier_free_guidance_extrapolates_from_the_null_identity():
+def _small_film_unet() -> IdentityUNet:
+    """A seeded FiLM U-Net whose output head is not zero, so identity and guidance show."""
     torch.manual_seed(0)
     unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
                         conditioning="film", cond_dim=8).eval()
     torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    return unet
+
+
+def test_classifier_free_guidance_extrapolates_from_the_null_identity():
+    unet = _small_film_unet()
     x, var, ident = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
     cond = unet(x, var, ident)
     uncond = unet(x, var, ident, drop_identity=torch.ones(2, dtype=torch.bool))
@@ -188,10 +194,7 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_image(prediction_type):
 
 
 def test_guidance_on_an_interval_of_steps_only():
-    torch.manual_seed(0)
-    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
-                        conditioning="film", cond_dim=8).eval()
-    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    unet = _small_film_unet()
     ident, noise = torch.randn(1, 4), torch.randn(1, 3, 16, 8, generator=torch.Generator().manual_seed(2))
     plain = ddim_sample(unet, ident, noise)
     full = ddim_sample(unet, ident, noise, guidance_scale=3.0)
@@ -207,6 +210,33 @@ def test_guidance_on_an_interval_of_steps_only():
     unet.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
     ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2)
     assert calls == [1, 1] + [2] * 8  # the unguided steps cost one pass each
+
+
+def test_a_reused_guidance_direction_costs_one_pass_and_is_the_one_last_computed():
+    unet = _small_film_unet()
+    ident, noise = torch.randn(2, 4), torch.randn(2, 3, 16, 8, generator=torch.Generator().manual_seed(2))
+    every_step = ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2)
+    assert torch.equal(ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2, guidance_every=1),
+                       every_step)
+    calls = []
+    hook = unet.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    cached = ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2, guidance_every=3)
+    hook.remove()
+    # steps 2, 5, 8 compute the direction (two images each); 3, 4, 6, 7, 9 reuse it
+    assert calls == [2, 2, 4, 2, 2, 4, 2, 2, 4, 2]
+    assert not torch.equal(cached, every_step)
+
+    # step 3 by hand: identity's prediction plus (w - 1) times step 2's direction
+    trace, direction = [], []
+    ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_start=2, guidance_every=3, trace=trace)
+    x2, t2, _, _ = trace[2]
+    var = lambda t: noise_variance(make_scheduler(), t.expand(2))  # noqa: E731
+    guided_eps(unet, x2, var(t2), ident, 3.0, keep=direction)
+    x3, t3, scale3, eps3 = trace[3]
+    torch.testing.assert_close(eps3, unet(x3, var(t3), ident) + 2.0 * direction[0])
+    assert scale3 == 3.0
+    with pytest.raises(ValueError, match="at least 1"):
+        ddim_sample(unet, ident, noise, guidance_scale=3.0, guidance_every=0)
 
 
 class _Oracle(torch.nn.Module):
@@ -266,10 +296,7 @@ def test_refined_ddim_inversion_finds_the_noise_sampling_maps_back():
 
 
 def test_guidance_takes_one_scale_per_sample_and_a_fresh_guidance_embedding_changes_nothing():
-    torch.manual_seed(0)
-    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
-                        conditioning="film", cond_dim=8).eval()
-    torch.nn.init.normal_(unet.body.head.weight, std=0.1)
+    unet = _small_film_unet()
     x, var, ident = torch.randn(2, 3, 16, 8), torch.tensor([0.3, 0.7]), torch.randn(2, 4)
     with torch.no_grad():
         both = guided_eps(unet, x, var, ident, torch.tensor([1.0, 3.0]))
