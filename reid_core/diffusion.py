@@ -37,10 +37,10 @@ def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor,
     extra = None if extra_features is None else torch.cat([extra_features, extra_features])
     eps = unet(torch.cat([x, x]), torch.cat([var, var]), torch.cat([identity, identity]),
                extra_features=extra, drop_identity=drop)
-    cond, uncond = eps[:b], eps[b:]
+    uncond, direction = eps[b:], eps[:b] - eps[b:]
     if keep is not None:
-        keep[:] = [cond - uncond]
-    return uncond + w.to(eps.dtype) * (cond - uncond)
+        keep[:] = [direction]
+    return uncond + w.to(eps.dtype) * direction
 
 
 def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 10,
@@ -79,7 +79,8 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
             guided = guidance_start <= i < end
             scale = guidance_scale if guided else 1.0
             reuse = direction[0] if guided and direction and (i - guidance_start) % guidance_every else None
-            eps = guided_eps(unet, x, var, identity, scale, extra, reuse=reuse, keep=direction)
+            eps = guided_eps(unet, x, var, identity, scale, extra, reuse=reuse,
+                             keep=direction if guidance_every > 1 else None)
             if trace is not None:
                 trace.append((x, t, scale, eps))
             x = sched.step(eps, t, x).prev_sample
