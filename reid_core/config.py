@@ -114,6 +114,7 @@ class Img2NoiseConfig:
     noise_layers_per_block: int = 2
     noise_refine_channels: int = 0  # Img2Noise's full-resolution correction head (0: none)
     noise_refine_layers: int = 2
+    noise_id_hidden: int = 0   # > 0: Img2Noise reads the image's identity through an MLP this wide (0: the image only)
     img2noise_steps: int = 20_000
     img2noise_batch: int = 32
     img2noise_lr: float = 3e-4

@@ -346,7 +346,7 @@ class ReIDEngine:
             x = to_tensor(images_u8[i:i + batch_size]).to(self.device) if images_u8 is not None else \
                 torch.nn.functional.interpolate(crops, size=(h, w), mode="bilinear", antialias=True)
             ident = self.img2id.embed(crops).float()
-            z = self.img2noise(x).float()
+            z = self.img2noise(x, ident).float()
             for j, p in enumerate(poses):
                 out[i:i + len(x), j] = to_uint8(self._sample(ident, z, steps, p))
             if progress is not None:
@@ -582,9 +582,9 @@ class ReIDEngine:
         """The noise of images x (B, 3, H, W) under identities (B, id_dim): Img2Noise, Img2Noise
         refined through the sampling chain, or DDIM inversion."""
         if method == "img2noise":
-            return self.img2noise(x).float()
+            return self.img2noise(x, ident).float()
         if method == "refined":
-            return self.refine_noise(x, ident, self.img2noise(x).float())
+            return self.refine_noise(x, ident, self.img2noise(x, ident).float())
         if method == "ddim":
             return ddim_invert(self.generator, x, ident, self.preset.sample_steps)
         raise ValueError(f"method must be one of {', '.join(INVERSION_METHODS)}")

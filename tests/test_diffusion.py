@@ -147,6 +147,36 @@ def test_noise_encoder_refine_head_starts_as_the_body_and_learns(tmp_path):
     assert (net(x) - body(x)).abs().max() > 1e-3
 
 
+def test_noise_encoder_identity_input_starts_as_the_image_only_net_and_learns(tmp_path):
+    """Letting a trained Img2Noise read the identity (`--init` into `id_dim`) keeps its output
+    exactly, whatever the identity; once trained, two identities give the same image different
+    noises. Such a net refuses to run without the identity."""
+    from reid_core.training.common import start_weights
+    torch.manual_seed(0)
+    small = dict(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, refine_channels=8,
+                 refine_layers=1)
+    plain = NoiseEncoder(**small)
+    for out in (plain.body.head, plain.refine[-1]):  # a trained net's output layers are not zero
+        torch.nn.init.normal_(out.weight, std=0.1)
+    plain.save_pretrained(tmp_path / "img2noise")
+    net = start_weights(NoiseEncoder(**small, id_dim=4, id_hidden=8), tmp_path, "img2noise")
+    assert net.reads_identity and not plain.reads_identity
+    x, ids = torch.rand(2, 3, 16, 8) * 2 - 1, torch.randn(2, 4)
+    torch.testing.assert_close(net(x, ids), plain(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="identity"):
+        net(x)
+    target = torch.randn(2, 3, 16, 8)
+    opt = torch.optim.Adam(net.identity_shift.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        F.mse_loss(net(x, ids), target).backward()
+        opt.step()
+    same = x[:1].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        z = net(same, ids)
+    assert (z[0] - z[1]).abs().max() > 1e-3
+
+
 def test_img2id_resizes_any_input_and_normalises():
     enc = IdentityEncoder(sample_size=(32, 16), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
                           normalize=True).eval()

@@ -178,6 +178,28 @@ def test_img2noise_chain_loss_reads_real_images_without_inverted_targets(identit
         get_preset("tiny", img2noise_recon_loss="l2")
 
 
+def test_img2noise_stage_trains_the_identity_input_when_asked(synthetic_market, identity_run, tmp_path):
+    """`noise_id_hidden` > 0: the stage builds an Img2Noise that reads the batch's identities,
+    the identity MLP gets trained (its zero-started output layer moves), and the saved net
+    loads back reading them: one photo under two identities gets two noises."""
+    import reid_core.training.img2noise as stage
+    from reid_core.training.common import load_train_data
+
+    preset = get_preset("tiny", img2noise_steps=6, img2noise_recon_every=2, img2noise_real_images=4,
+                        noise_id_hidden=8)
+    data = load_train_data(synthetic_market, preset, progress=False)
+    parts = {c: load_component(identity_run, c) for c in ("generator", "prior", "img2id")}
+    stage.train_img2noise(data, parts["generator"], parts["prior"], parts["img2id"], preset, tmp_path,
+                          progress=False)
+    net = load_component(tmp_path, "img2noise")
+    assert net.reads_identity and net.config.id_dim == preset.id_dim
+    assert net.identity_shift[-1].weight.abs().max() > 0
+    x = data.images[:1].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        z = net(x, parts["generator"].identity_rows(torch.tensor([0, 1])))
+    assert (z[0] - z[1]).abs().max() > 0
+
+
 def test_img2noise_batch_mirrors_real_images_and_drops_their_targets():
     """`img2noise_flip` shows that share of the real photos mirrored; a mirrored photo has no
     known noise, so only the chain loss reads it. Bank images are never mirrored, and the

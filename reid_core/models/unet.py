@@ -307,14 +307,30 @@ class NoiseEncoder(ModelMixin, ConfigMixin):
     `refine_channels` > 0 adds a full-resolution head that reads the image beside the body's
     noise and adds a correction to it (`refine_layers` residual blocks; the fine texture the
     body's coarse levels lose). Its output convolution starts at zero, so a body trained
-    without it keeps its exact output when the head is added (`--init`)."""
+    without it keeps its exact output when the head is added (`--init`).
+
+    `id_dim` > 0 lets it read the identity the generator will draw the image under (Img2ID's
+    vector of the photo): a small MLP (`id_hidden` wide) shifts the features entering every
+    level of the body, and the head's, channel by channel. What GEN(z, id) draws depends on id,
+    and for a person it never saw Img2Noise cannot infer Img2ID's vector from the pixels. The
+    MLP's output layer starts at zero, so an Img2Noise trained without it keeps its exact
+    output when it is added (`--init`)."""
 
     @register_to_config
     def __init__(self, *, sample_size: tuple[int, int] = (64, 32), block_out_channels: tuple[int, ...] = (48, 96, 192, 384),
-                 layers_per_block: int = 2, norm_groups: int = 8, refine_channels: int = 0, refine_layers: int = 2):
+                 layers_per_block: int = 2, norm_groups: int = 8, refine_channels: int = 0, refine_layers: int = 2,
+                 id_dim: int = 0, id_hidden: int = 32):
         super().__init__()
         _check_size(sample_size, len(block_out_channels))
         self.body = UNetBody(3, 3, tuple(block_out_channels), layers_per_block, norm_groups)
+        # channels entering level r of the body (the stem's, then each level's output; the middle last)
+        self._shift_channels = [block_out_channels[0], *block_out_channels[:-1]] + ([refine_channels] if refine_channels else [])
+        self.identity_shift = None
+        if id_dim:
+            last = nn.Linear(id_hidden, sum(self._shift_channels))
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.identity_shift = nn.Sequential(nn.Linear(id_dim, id_hidden), nn.SiLU(), last)
         self.refine = None
         if refine_channels:
             out = nn.Conv2d(refine_channels, 3, 3, padding=1)
@@ -325,8 +341,24 @@ class NoiseEncoder(ModelMixin, ConfigMixin):
                 *(ResidualBlock(refine_channels, refine_channels, norm_groups) for _ in range(refine_layers)),
                 nn.GroupNorm(math.gcd(norm_groups, refine_channels), refine_channels), nn.SiLU(), out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.body(self.body.stem(x))
+    @property
+    def reads_identity(self) -> bool:
+        return self.identity_shift is not None
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, 3, H, W) -> noise (B, 3, H, W); `identity` (B, id_dim) is read only by a
+        network built with `id_dim` (and then required)."""
+        shifts = [None] * len(self._shift_channels)
+        if self.identity_shift is not None:
+            if identity is None:
+                raise ValueError("this Img2Noise reads the image's identity: pass it")
+            shifts = [s[:, :, None, None] for s in
+                      self.identity_shift(identity.to(x.dtype)).split(self._shift_channels, dim=1)]
+        levels = len(self.body.down) + 1
+        z = self.body(self.body.stem(x), maps={r: s for r, s in enumerate(shifts[:levels]) if s is not None})
         if self.refine is not None:
-            z = z + self.refine(torch.cat([x, z], dim=1))
+            h = self.refine[0](torch.cat([x, z], dim=1))
+            if shifts[-1] is not None:
+                h = h + shifts[-1]
+            z = z + self.refine[1:](h)
         return z

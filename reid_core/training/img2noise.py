@@ -105,7 +105,9 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
     net = start_weights(NoiseEncoder(sample_size=preset.image_size, block_out_channels=preset.noise_channels,
                                      layers_per_block=preset.noise_layers_per_block,
                                      refine_channels=preset.noise_refine_channels,
-                                     refine_layers=preset.noise_refine_layers), init, "img2noise").to(device)
+                                     refine_layers=preset.noise_refine_layers,
+                                     id_dim=preset.id_dim if preset.noise_id_hidden else 0,
+                                     id_hidden=preset.noise_id_hidden or 32), init, "img2noise").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=preset.img2noise_lr)
     steps = preset.img2noise_steps
     loop = TrainLoop("img2noise", out, seed=preset.seed, steps=steps, modules={"img2noise": net}, optimizer=opt,
@@ -117,10 +119,10 @@ def train_img2noise(data: TrainData, generator, prior, img2id, preset: Preset, o
         i, j, x, has = draw_batch(rng, images, target_of, bank_x, preset)
         x, has = x.to(device), has.to(device)
         z = torch.cat([real_z[target_of[i].clamp(min=0)], bank_z[j]]).to(device)
-        pred = net(x).float()
+        ids = torch.cat([real_id[i], bank_id[j]]).to(device)
+        pred = net(x, ids).float()
         loss = F.mse_loss(pred[has], z[has])
         if preset.img2noise_recon_weight and step % preset.img2noise_recon_every == 0:
-            ids = torch.cat([real_id[i], bank_id[j]]).to(device)
             rec = ddim_sample(generator, ids, pred, preset.sample_steps, grad=True).float()
             err = F.l1_loss if preset.img2noise_recon_loss == "l1" else F.mse_loss
             loss = loss + preset.img2noise_recon_weight * err(rec, x)
