@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+RECON_LOSSES = ("l1", "mse", "psnr")  # Img2Noise's loss on the image rebuilt through the chain
 RECIPES = ("joint", "paper")
 
 
@@ -123,7 +124,7 @@ class Img2NoiseConfig:
     img2noise_recon_weight: float = 1.0              # loss through the sampling chain (paper Sec. 4)
     img2noise_recon_every: int = 1                   # apply it every k-th step (it costs `sample_steps` passes)
     img2noise_recon_all_real: bool = False           # the chain loss (it needs no target) reads every real image
-    img2noise_recon_loss: str = "l1"                 # "l1" or "mse" (what PSNR measures) on the rebuilt image
+    img2noise_recon_loss: str = "l1"                 # "l1", "mse", or "psnr" (minus each image's PSNR / 10, averaged) on the rebuilt image
     img2noise_flip: float = 0.0                      # share of real images seen mirrored (chain loss only)
 
 
@@ -197,9 +198,10 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.recipe == "joint" and self.conditioning != "film":
             raise ValueError("the joint recipe conditions by FiLM (its condition is a mixture of rows)")
-        for name in ("gen_loss", "img2noise_recon_loss"):
-            if getattr(self, name) not in ("l1", "mse"):
-                raise ValueError(f"{name} must be 'l1' or 'mse', got {getattr(self, name)!r}")
+        if self.gen_loss not in ("l1", "mse"):
+            raise ValueError(f"gen_loss must be 'l1' or 'mse', got {self.gen_loss!r}")
+        if self.img2noise_recon_loss not in RECON_LOSSES:
+            raise ValueError(f"img2noise_recon_loss must be one of {RECON_LOSSES}, got {self.img2noise_recon_loss!r}")
         if not 0.0 <= self.img2noise_flip <= 1.0:
             raise ValueError(f"img2noise_flip is a share of the real photos, got {self.img2noise_flip}")
         if self.guidance_every < 1:

@@ -3,6 +3,7 @@ matters, and `--init` continuing from a weights folder. Tiny models on synthetic
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -198,6 +199,21 @@ def test_img2noise_stage_trains_the_identity_input_when_asked(synthetic_market, 
     with torch.no_grad():
         z = net(x, parts["generator"].identity_rows(torch.tensor([0, 1])))
     assert (z[0] - z[1]).abs().max() > 0
+
+
+def test_psnr_loss_is_the_mean_per_image_psnr():
+    """`img2noise_recon_loss="psnr"` optimises the benchmark's figure: log10(4) minus the mean
+    of each image's PSNR (peak-to-peak 2 on [-1, 1]) over 10, the images' PSNRs averaged, not
+    the PSNR of the batch's pooled error."""
+    from skimage.metrics import peak_signal_noise_ratio
+    from reid_core.training.img2noise import psnr_loss
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 8, 4, generator=g) * 2 - 1
+    rec = x + torch.tensor([0.01, 0.1, 0.3])[:, None, None, None] * torch.randn(x.shape, generator=g)
+    each = [peak_signal_noise_ratio(a.numpy(), b.numpy(), data_range=2.0) for a, b in zip(x.double(), rec.double())]
+    assert psnr_loss(rec, x).item() == pytest.approx(math.log10(4) - np.mean(each) / 10, abs=1e-4)
+    pooled = peak_signal_noise_ratio(x.numpy(), rec.numpy(), data_range=2.0)
+    assert abs(np.mean(each) - pooled) > 1  # the two figures differ: the loss is the first
 
 
 def test_img2noise_batch_mirrors_real_images_and_drops_their_targets():
