@@ -348,17 +348,17 @@ class NoiseEncoder(ModelMixin, ConfigMixin):
     def forward(self, x: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, 3, H, W) -> noise (B, 3, H, W); `identity` (B, id_dim) is read only by a
         network built with `id_dim` (and then required)."""
-        shifts = [None] * len(self._shift_channels)
+        shifts = []  # one per body level (the middle last), then the head's
         if self.identity_shift is not None:
             if identity is None:
                 raise ValueError("this Img2Noise reads the image's identity: pass it")
             shifts = [s[:, :, None, None] for s in
                       self.identity_shift(identity.to(x.dtype)).split(self._shift_channels, dim=1)]
         levels = len(self.body.down) + 1
-        z = self.body(self.body.stem(x), maps={r: s for r, s in enumerate(shifts[:levels]) if s is not None})
+        z = self.body(self.body.stem(x), maps=dict(enumerate(shifts[:levels])))
         if self.refine is not None:
             h = self.refine[0](torch.cat([x, z], dim=1))
-            if shifts[-1] is not None:
-                h = h + shifts[-1]
+            if shifts:
+                h = h + shifts[levels]
             z = z + self.refine[1:](h)
         return z
