@@ -177,6 +177,34 @@ def test_noise_encoder_identity_input_starts_as_the_image_only_net_and_learns(tm
     assert (z[0] - z[1]).abs().max() > 1e-3
 
 
+def test_an_identity_map_level_added_to_a_trained_generator_starts_silent_and_learns(tmp_path):
+    """`--init` from a generator with one identity map into one with two keeps the output
+    exactly (the new map's projection starts at zero); a few steps on the new map alone make
+    two identities differ through it."""
+    from reid_core.training.common import start_weights
+    torch.manual_seed(0)
+    small = dict(sample_size=(16, 8), block_out_channels=(8, 16, 32), layers_per_block=1, id_dim=4,
+                 num_identities=3, conditioning="film", cond_dim=16, identity_map_channels=4)
+    one = IdentityUNet(**small, identity_map_levels=1)
+    for p in one.parameters():  # a trained net's zero-initialised layers are not zero
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.1)
+    one.save_pretrained(tmp_path / "generator")
+    two = start_weights(IdentityUNet(**small, identity_map_levels=2), tmp_path, "generator")
+    assert two.map_levels == [2, 1]
+    x, var, ids = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(two(x, var, ids), one(x, var, ids), rtol=0, atol=0)
+    opt = torch.optim.Adam([*two.identity_maps[1].parameters(), *two.identity_map_proj[1].parameters()], lr=1e-2)
+    target = torch.randn(2, 3, 16, 8)
+    for _ in range(3):
+        opt.zero_grad()
+        F.mse_loss(two(x, var, ids), target).backward()
+        opt.step()
+    with torch.no_grad():
+        assert (two(x, var, ids) - one(x, var, ids)).abs().max() > 1e-3
+
+
 def test_img2id_resizes_any_input_and_normalises():
     enc = IdentityEncoder(sample_size=(32, 16), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
                           normalize=True).eval()

@@ -241,6 +241,11 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                 nn.Linear(cond_dim, identity_map_channels * (h >> r) * (w >> r)) for r in self.map_levels)
             self.identity_map_proj = nn.ModuleList(
                 nn.Conv2d(identity_map_channels, block_out_channels[r - 1], 1) for r in self.map_levels)
+            # zero at the start (as the body's head): a map level added to a trained network
+            # (`--init`) leaves its output as it was, and learns from there
+            for proj in self.identity_map_proj:
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
 
     @property
     def supports_guidance(self) -> bool:
