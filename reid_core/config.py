@@ -30,6 +30,7 @@ class GeneratorConfig:
     2 blocks per level, L1 on the noise)."""
     channels: tuple[int, ...] = (48, 96, 192, 384)
     layers_per_block: int = 2
+    mid_layers: int = 0                              # blocks at the generator's bottleneck (0: layers_per_block)
     conditioning: str = "concat"                     # "concat" (paper) or "film" (every block)
     cond_dim: int = 128                              # FiLM embedding width
     gen_steps: int = 200_000

@@ -85,12 +85,13 @@ class UNetBody(nn.Module):
 
     `input_extra` constant channels join the stem output and `level_extra` join again after
     every down-sampling (the paper's concatenated conditions); `cond_dim` > 0 gives every
-    block a FiLM input.
+    block a FiLM input. `mid_layers` > `layers_per_block` deepens the bottleneck only, where a
+    block costs parameters but few operations (8x4 positions at 64x32).
     """
 
     def __init__(self, in_channels: int, out_channels: int, block_out_channels: tuple[int, ...],
                  layers_per_block: int, norm_groups: int, cond_dim: int = 0,
-                 input_extra: int = 0, level_extra: int = 0):
+                 input_extra: int = 0, level_extra: int = 0, mid_layers: int = 0):
         super().__init__()
         c0 = block_out_channels[0]
         self.stem = nn.Conv2d(in_channels, c0, 1)
@@ -106,8 +107,14 @@ class UNetBody(nn.Module):
             self.down.append(blocks)
             ch += level_extra
         self.mid = nn.ModuleList()
-        for _ in range(layers_per_block):
-            self.mid.append(ResidualBlock(ch, block_out_channels[-1], norm_groups, cond_dim))
+        for i in range(max(mid_layers, layers_per_block)):
+            block = ResidualBlock(ch, block_out_channels[-1], norm_groups, cond_dim)
+            if i >= layers_per_block:
+                # a bottleneck block beyond the levels' count starts as the identity (its last
+                # conv at zero), so it can be added to a trained network with `--init`
+                nn.init.zeros_(block.conv2.weight)
+                nn.init.zeros_(block.conv2.bias)
+            self.mid.append(block)
             ch = block_out_channels[-1]
         self.up = nn.ModuleList()
         for width in reversed(block_out_channels[:-1]):
@@ -162,6 +169,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         sample_size: (height, width) of the images; each must divide by 2**(levels-1).
         block_out_channels: channels per level, the last one the bottleneck.
         layers_per_block: residual blocks per level (the paper: 2).
+        mid_layers: residual blocks at the bottleneck when more than `layers_per_block` (0: as
+            many); the extra ones start as the identity.
         id_dim: identity vector size (32).
         num_identities: rows of the jointly learned identity table (0: none).
         noise_embedding_dim: size of the sinusoidal noise embedding.
@@ -193,7 +202,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                  noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
                  cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False,
                  identity_scale: float = 1.0, prediction_type: str = "epsilon", identity_map_levels: int = 0,
-                 identity_map_channels: int = 16, guidance_embedding: bool = False):
+                 identity_map_channels: int = 16, guidance_embedding: bool = False, mid_layers: int = 0):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
@@ -229,7 +238,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         self.body = UNetBody(in_channels, out_channels, tuple(block_out_channels), layers_per_block,
                              norm_groups, cond_dim if film else 0,
                              input_extra=0 if film else noise_embedding_dim + id_dim,
-                             level_extra=0 if film else id_dim)
+                             level_extra=0 if film else id_dim, mid_layers=mid_layers)
         if identity_map_levels:
             if not film:
                 raise ValueError("identity maps need conditioning='film'")
