@@ -18,6 +18,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from .unet import zero_init
+
 
 class PoseEncoder(ModelMixin, ConfigMixin):
     """(B, 3, s*H, s*W) skeleton in [-1, 1] -> (B, out_channels, H, W) features for the stem."""
@@ -36,9 +38,7 @@ class PoseEncoder(ModelMixin, ConfigMixin):
             layers.append(nn.Conv2d(ch, width, 3, stride=stride, padding=1))
             ch = width
         self.convs = nn.ModuleList(layers)
-        self.out = nn.Conv2d(ch, out_channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_init(nn.Conv2d(ch, out_channels, 1))
 
     def forward(self, skeleton: torch.Tensor) -> torch.Tensor:
         h = skeleton

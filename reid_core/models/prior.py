@@ -12,7 +12,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from .unet import sinusoidal_embedding
+from .unet import sinusoidal_embedding, zero_init
 
 
 class IdentityPrior(ModelMixin, ConfigMixin):
@@ -26,9 +26,7 @@ class IdentityPrior(ModelMixin, ConfigMixin):
         for _ in range(num_layers):
             layers += [nn.Linear(ch, hidden_dim), nn.SiLU()]
             ch = hidden_dim
-        self.net = nn.Sequential(*layers, nn.Linear(ch, id_dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = nn.Sequential(*layers, zero_init(nn.Linear(ch, id_dim)))
         self.register_buffer("mean", torch.zeros(id_dim))
         self.register_buffer("std", torch.ones(id_dim))
 

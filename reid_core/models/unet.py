@@ -32,6 +32,14 @@ from torch import nn
 CONDITIONINGS = ("concat", "film")
 
 
+def zero_init(layer: nn.Module) -> nn.Module:
+    """`layer` with its weight and bias at zero: a part whose output starts as nothing, so it
+    can join a trained network (`--init`) without changing what that network computes."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def sinusoidal_embedding(noise_var: torch.Tensor, dim: int = 64, min_freq: float = 1.0,
                          max_freq: float = 1000.0) -> torch.Tensor:
     """(B,) noise variances -> (B, dim) [sin, cos] features at log-spaced frequencies."""
@@ -112,8 +120,7 @@ class UNetBody(nn.Module):
             if i >= layers_per_block:
                 # a bottleneck block beyond the levels' count starts as the identity (its last
                 # conv at zero), so it can be added to a trained network with `--init`
-                nn.init.zeros_(block.conv2.weight)
-                nn.init.zeros_(block.conv2.bias)
+                zero_init(block.conv2)
             self.mid.append(block)
             ch = block_out_channels[-1]
         self.up = nn.ModuleList()
@@ -123,9 +130,7 @@ class UNetBody(nn.Module):
                 blocks.append(ResidualBlock(ch + skip_chs.pop(), width, norm_groups, cond_dim))
                 ch = width
             self.up.append(blocks)
-        self.head = nn.Conv2d(ch, out_channels, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_init(nn.Conv2d(ch, out_channels, 1))
 
     def forward(self, feats: torch.Tensor, cond: torch.Tensor | None = None,
                 input_extra: list[torch.Tensor] = (), level_extra: torch.Tensor | None = None,
@@ -233,8 +238,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
             self.guidance_mlp = nn.Sequential(nn.Linear(noise_embedding_dim, cond_dim), nn.SiLU(),
                                               nn.Linear(cond_dim, cond_dim))
             # zero at the start: a fresh student predicts what its teacher does without guidance
-            nn.init.zeros_(self.guidance_mlp[2].weight)
-            nn.init.zeros_(self.guidance_mlp[2].bias)
+            zero_init(self.guidance_mlp[2])
         self.body = UNetBody(in_channels, out_channels, tuple(block_out_channels), layers_per_block,
                              norm_groups, cond_dim if film else 0,
                              input_extra=0 if film else noise_embedding_dim + id_dim,
@@ -253,8 +257,7 @@ class IdentityUNet(ModelMixin, ConfigMixin):
             # zero at the start (as the body's head): a map level added to a trained network
             # (`--init`) leaves its output as it was, and learns from there
             for proj in self.identity_map_proj:
-                nn.init.zeros_(proj.weight)
-                nn.init.zeros_(proj.bias)
+                zero_init(proj)
 
     @property
     def supports_guidance(self) -> bool:
@@ -341,15 +344,11 @@ class NoiseEncoder(ModelMixin, ConfigMixin):
         self._shift_channels = [block_out_channels[0], *block_out_channels[:-1]] + ([refine_channels] if refine_channels else [])
         self.identity_shift = None
         if id_dim:
-            last = nn.Linear(id_hidden, sum(self._shift_channels))
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            last = zero_init(nn.Linear(id_hidden, sum(self._shift_channels)))
             self.identity_shift = nn.Sequential(nn.Linear(id_dim, id_hidden), nn.SiLU(), last)
         self.refine = None
         if refine_channels:
-            out = nn.Conv2d(refine_channels, 3, 3, padding=1)
-            nn.init.zeros_(out.weight)
-            nn.init.zeros_(out.bias)
+            out = zero_init(nn.Conv2d(refine_channels, 3, 3, padding=1))
             self.refine = nn.Sequential(
                 nn.Conv2d(6, refine_channels, 3, padding=1),
                 *(ResidualBlock(refine_channels, refine_channels, norm_groups) for _ in range(refine_layers)),
