@@ -1,8 +1,11 @@
 """Shared fixtures: a synthetic Market-layout dataset and tiny weights trained on it."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,22 @@ SHARED_DATA = DEMO_DATA
 
 # Tiny models run fastest on one thread: a second one mostly waits, and fights other jobs for cores.
 torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def script_module(name: str):
+    """`scripts/<name>.py` imported as a module for a test (registered in sys.modules, which
+    dataclasses need, and with scripts/ on the path for its own imports); both undone after."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,25 +1,14 @@
 """scripts/benchmark.py's record: a merged run keeps, per section, the command that measured it."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import script_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "scripts"))  # it imports scripts/timing.py
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
+    with script_module("benchmark") as mod:  # it imports scripts/timing.py
         yield mod
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
 
 
 def test_a_merged_run_records_each_sections_own_command(bench):

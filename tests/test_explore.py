@@ -248,11 +248,8 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
     """A new Img2Noise keeps every shipped part; a new judge only the slider ranking; a new
     Img2ID the slider axes and ranking; a new generator all of them. The export script names
     the same parts to remake."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     import torch
+    from conftest import script_module
 
     from reid_core import ReIDEngine
     from reid_core.engine import PRECOMPUTED_FROM
@@ -280,17 +277,11 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
     with pytest.raises(ValueError, match="keyed"):
         ReIDEngine.from_pretrained(tiny_weights, device="cpu").fingerprint_of("pose")
 
-    spec = importlib.util.spec_from_file_location("export_keys", Path(__file__).resolve().parents[1] / "scripts" / "export_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
+    with script_module("export_weights") as mod:
         assert mod.stale_precomputed(["img2noise", "uncertainty"]) == []
         assert mod.stale_precomputed(["baseline"]) == ["slider_ranking"]
         assert mod.stale_precomputed(["img2id"]) == ["slider_axes", "slider_ranking"]
         assert mod.stale_precomputed(["generator"]) == list(mod.PRECOMPUTED)
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_identity_map_fitted_at_export_is_used_as_shipped(tiny_weights, tmp_path, monkeypatch):

@@ -79,21 +79,14 @@ def test_uncertainty_stage_ships_a_head_the_engine_uses(tiny_weights, synthetic_
 def test_the_head_is_added_to_a_weights_folder_without_touching_the_rest(tiny_weights, tmp_path):
     """export_weights.py --only uncertainty: fp16 head in, training-log record kept, every cache key
     (the engine fingerprint) unchanged."""
-    import importlib.util
     import json
     import shutil
-    import sys
-    from pathlib import Path
 
+    from conftest import script_module
     from safetensors.torch import load_file
 
     from reid_core.engine import PRECOMPUTED_FROM, ReIDEngine
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("export_script", root / "scripts" / "export_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
+    with script_module("export_weights") as mod:
         w = tmp_path / "w"
         shutil.copytree(tiny_weights, w)
         shutil.rmtree(w / "uncertainty")
@@ -102,8 +95,6 @@ def test_the_head_is_added_to_a_weights_folder_without_touching_the_rest(tiny_we
         before = ReIDEngine.from_pretrained(w, device="cpu")
         assert before.uncertainty is None and before.certainty_or_none(before.generate(0)[0]) is None
         mod.export(tiny_weights, w, fp16=True, only=["uncertainty"])
-    finally:
-        sys.modules.pop(spec.name, None)
     tensors = load_file(w / "uncertainty" / "diffusion_pytorch_model.safetensors")
     assert all(v.dtype == torch.float16 for k, v in tensors.items() if k.endswith("weight") and v.ndim == 2)
     assert all(v.dtype == torch.float32 for k, v in tensors.items() if "running" in k)

@@ -1,25 +1,20 @@
 """scripts/publish.py: the upload plan, built and checked without any network."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def publish_mod():
-    spec = importlib.util.spec_from_file_location("publish_script", ROOT / "scripts" / "publish.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    with script_module("publish") as mod:
+        yield mod
 
 
 @pytest.fixture(autouse=True)
