@@ -132,6 +132,7 @@ class Img2NoiseConfig:
 @dataclass
 class PoseConfig:
     """The pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator."""
+    pose_tune_generator: bool = True                 # False: the generator stays frozen, only the guider learns
     pose_steps: int = 20_000
     pose_batch: int = 16
     pose_lr: float = 1e-4

@@ -162,9 +162,13 @@ class ReIDEngine:
         self.img2id = img2id.to(device).eval()
         self.img2noise = img2noise.to(device).eval()
         self.baseline = baseline.to(device).eval() if baseline is not None else None
-        self.pose_generator = (pose_generator.to(device).eval().to(memory_format=torch.channels_last)
-                               if pose_generator is not None else None)
         self.pose_encoder = pose_encoder.to(device).eval() if pose_encoder is not None else None
+        if pose_generator is not None:
+            self.pose_generator = pose_generator.to(device).eval().to(memory_format=torch.channels_last)
+        else:
+            # a guider trained on the frozen generator (`pose_tune_generator` false) steers the
+            # generator itself: pose and plain generation share one network
+            self.pose_generator = self.generator if pose_encoder is not None else None
         # HAVANA's variational head over Img2ID's pooled feature: sigma = how sure an identity is
         self.uncertainty = uncertainty.to(device).eval() if uncertainty is not None else None
         self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
@@ -210,8 +214,13 @@ class ReIDEngine:
             list(range(gen.config.num_identities))
         baseline = load_component(root, "baseline") if load_baseline and has_component(root, "baseline") else None
         pose_gen = pose_enc = None
-        if has_component(root, "pose_generator") and has_component(root, "pose_encoder"):
-            pose_gen, pose_enc = load_component(root, "pose_generator"), load_component(root, "pose_encoder")
+        if has_component(root, "pose_encoder"):
+            pose_enc = load_component(root, "pose_encoder")
+            if preset.pose_tune_generator:  # else the guider steers the generator itself
+                if not has_component(root, "pose_generator"):
+                    raise WeightsError(f"{root.name or root}: pose_encoder was trained with a fine-tuned "
+                                       "generator copy, and pose_generator is missing")
+                pose_gen = load_component(root, "pose_generator")
         lib_file = root / POSE_LIBRARY_FILE
         library = json.loads(lib_file.read_text())["poses"] if lib_file.exists() else None
         unc = load_component(root, "uncertainty") if has_component(root, "uncertainty") else None

@@ -56,6 +56,11 @@ def export(run: Path, out: Path, fp16: bool, baseline_run: Path | None = None, o
                 tensors = {k: v.half() if v.is_floating_point() and not keep_fp32(k) else v
                            for k, v in tensors.items()}
             save_file(tensors, dst / st.name, metadata={"format": "pt"})
+    if "pose_encoder" in (only or COMPONENTS) and (run / "pose_encoder" / "config.json").exists() \
+            and not (run / "pose_generator" / "config.json").exists() and (out / "pose_generator").exists():
+        # the run's guider was trained on the frozen generator: an older tuned copy is stale
+        shutil.rmtree(out / "pose_generator")
+        print("  pose_generator: removed (the run's pose guider steers the generator itself)")
     if only:
         log_file = out / "training_log.json"
         log = json.loads(log_file.read_text()) if log_file.exists() else {}
@@ -108,7 +113,7 @@ def compare(run: Path, out: Path, baseline_run: Path | None = None) -> dict:
 
 STAGE_WHAT = {"joint": "joint stage (generator on the table; Img2ID's head and the table at a low rate)",
               "generator": "generator", "prior": "identity prior", "img2id": "Img2ID", "img2noise": "Img2Noise",
-              "pose": "pose guider (fine-tuned generator copy)",
+              "pose": "pose guider",
               "distill": "guidance distillation (the guidance scale an input: one pass per guided step)",
               "uncertainty": "uncertainty head (HAVANA)"}
 

@@ -93,3 +93,33 @@ def test_pose_stage_goes_on_from_init_only_for_the_same_generator(tiny_weights):
         next(gen.parameters()).add_(0.01)             # a retrained generator: start from it instead
     assert not _same_generator(tiny_weights, gen)
     assert not _same_generator(None, gen)
+
+
+def test_a_guider_trained_on_the_frozen_generator_steers_it_without_a_second_copy(tiny_weights, synthetic_market,
+                                                                                   tmp_path):
+    """`pose_tune_generator` false: only the pose encoder learns; the run holds no generator copy,
+    the export drops the old one, and the engine steers its own generator with the new guider."""
+    import dataclasses
+    import shutil
+
+    from conftest import script_module
+    from reid_core.config import Preset
+    from reid_core.training import train
+    from reid_core.weights import load_component
+    preset = dataclasses.replace(Preset.load(tiny_weights / "preset.json"), pose_tune_generator=False, pose_steps=30)
+    run = train(synthetic_market, preset, tmp_path / "run", stages=["pose"], init=tiny_weights, progress=False)
+    assert (run / "pose_encoder" / "config.json").exists() and not (run / "pose_generator").exists()
+    out = load_component(run, "pose_encoder").out.weight
+    assert torch.count_nonzero(out) > 0, "the guider started at zero and learned"
+    with script_module("export_weights") as mod:
+        w = tmp_path / "w"
+        shutil.copytree(tiny_weights, w)
+        mod.export(run, w, fp16=False, only=["pose_encoder"])
+    assert not (w / "pose_generator").exists() and not Preset.load(w / "preset.json").pose_tune_generator
+    before = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+    after = ReIDEngine.from_pretrained(w, device="cpu")
+    assert after.has_pose_model and after.pose_generator is after.generator
+    plain = [np.asarray(im) for im in after.generate(1, seed=[0, 1])]
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(plain, before.generate(1, seed=[0, 1])))
+    posed = [np.asarray(im) for im in after.generate(1, seed=[0, 1], pose=0)]
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, posed)), "the pose moves the picture"

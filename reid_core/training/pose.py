@@ -90,27 +90,37 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
     plain_t, flipped_t = to_tensor(plain), to_tensor(flipped)
 
     torch.manual_seed(preset.seed)
+    tune = preset.pose_tune_generator
     # the pose guider samples with two-pass guidance: it drops a distilled generator's guidance embedding
     gen = IdentityUNet.from_config(generator.config, guidance_embedding=False).to(device)
     gen.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith("guidance_mlp.")})
-    if _same_generator(init, generator):
+    guider_from_init = init is not None and has_component(init, "pose_encoder")
+    if not tune:
+        # the generator itself, frozen: only the guider learns, and pose generation needs no
+        # second copy of the generator. An init's guider is a start only if it too was
+        # trained on a frozen generator (no tuned copy beside it).
+        gen.requires_grad_(False)
+        guider_from_init = guider_from_init and not has_component(init, "pose_generator")
+    elif _same_generator(init, generator):
         # the generator is the one the init's pose guider was tuned from: go on from that tuning
         gen = start_weights(gen, init, "pose_generator")
     else:
         print("pose: the generator changed since --init's pose guider; fine-tuning from the new generator")
     gen = channels_last(gen)
     gen.identity_embedding.requires_grad_(False)
-    enc = start_weights(PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0]),
-                        init, "pose_encoder").to(device)
+    enc = PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0])
+    enc = (start_weights(enc, init, "pose_encoder") if guider_from_init else enc).to(device)
     params = [p for p in gen.parameters() if p.requires_grad] + list(enc.parameters())
     opt = torch.optim.Adam(params, lr=preset.pose_lr)
     ema = EMAModel(params, decay=preset.ema_decay)
     sched = make_scheduler()
     steps = preset.pose_steps
-    loop = TrainLoop("pose", out, seed=preset.seed, steps=steps,
-                     modules={"pose_generator": gen, "pose_encoder": enc}, optimizer=opt,
+    modules = {"pose_generator": gen, "pose_encoder": enc} if tune else {"pose_encoder": enc}
+    loop = TrainLoop("pose", out, seed=preset.seed, steps=steps, modules=modules, optimizer=opt,
                      schedules=[warmup_cosine(steps, min(preset.pose_warmup, steps // 5 + 1))], ema=ema, ema_params=params,
                      checkpoint_every=preset.checkpoint_every, resume=resume, progress=progress)
+    # a frozen generator already runs without a pose: dropping it would only waste the sample
+    dropout = preset.pose_dropout if tune else 0.0
     labels = data.labels_t
 
     def step_fn(step, rng, g):
@@ -118,7 +128,7 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
         flip = torch.rand(len(idx), generator=g) < 0.5
         x0 = flip_where(data.images[idx], flip).to(device)
         skel = torch.where(flip[:, None, None, None], flipped_t[idx], plain_t[idx]).to(device)
-        keep = pose_keep_mask(has_pose[idx], preset.pose_dropout, g).to(device)
+        keep = pose_keep_mask(has_pose[idx], dropout, g).to(device)
         drop = (torch.rand(len(idx), generator=g) < preset.identity_dropout).to(device) \
             if preset.uses_guidance else None
         feats = enc(skel) * keep[:, None, None, None]
@@ -128,7 +138,8 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
 
     history = loop.run(step_fn)
     ema.copy_to(params)
-    finish(gen, out, "pose_generator")
+    if tune:
+        finish(gen, out, "pose_generator")
     finish(enc, out, "pose_encoder")
     write_log(out, "pose", loss_record(history, loop.minutes, pose_file=pose_file.name,
                                        with_pose=int(has_pose.sum())))
