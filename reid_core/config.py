@@ -31,6 +31,7 @@ class GeneratorConfig:
     channels: tuple[int, ...] = (48, 96, 192, 384)
     layers_per_block: int = 2
     mid_layers: int = 0                              # blocks at the generator's bottleneck (0: layers_per_block)
+    up_extra_levels: int = 0                         # the finest n levels get one more block on the way up
     conditioning: str = "concat"                     # "concat" (paper) or "film" (every block)
     cond_dim: int = 128                              # FiLM embedding width
     gen_steps: int = 200_000

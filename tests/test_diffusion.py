@@ -205,23 +205,29 @@ def test_an_identity_map_level_added_to_a_trained_generator_starts_silent_and_le
         assert (two(x, var, ids) - one(x, var, ids)).abs().max() > 1e-3
 
 
-def test_bottleneck_blocks_added_to_a_trained_generator_start_as_the_identity(tmp_path):
-    """`--init` into a generator with more bottleneck blocks (`mid_layers`) keeps its output
-    exactly; the new blocks train (their first gradient reaches the zeroed conv)."""
+@pytest.mark.parametrize("added", [dict(mid_layers=3), dict(up_extra_levels=2)])
+def test_blocks_added_to_a_trained_generator_start_as_the_identity(tmp_path, added):
+    """`--init` into a generator with more blocks (`mid_layers` at the bottleneck,
+    `up_extra_levels` on the way up at the finest levels) keeps its output exactly; the new
+    blocks train (their first gradient reaches the zeroed conv)."""
     from reid_core.training.common import start_weights
     torch.manual_seed(0)
-    small = dict(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4,
+    small = dict(sample_size=(16, 8), block_out_channels=(8, 16, 16), layers_per_block=1, id_dim=4,
                  num_identities=3, conditioning="film", cond_dim=16)
     plain = IdentityUNet(**small)
     torch.nn.init.normal_(plain.body.head.weight, std=0.1)
     plain.save_pretrained(tmp_path / "generator")
-    deep = start_weights(IdentityUNet(**small, mid_layers=3), tmp_path, "generator")
-    assert len(deep.body.mid) == 3 and len(plain.body.mid) == 1
+    deep = start_weights(IdentityUNet(**small, **added), tmp_path, "generator")
+    new = [b for b in [*deep.body.mid[1:], *(b for extra in deep.body.up_extra for b in extra)]]
+    assert len(new) == 2 and len(plain.body.mid) == 1
+    if "up_extra_levels" in added:  # the two finest levels, each one block at its own width
+        assert [b.conv1.in_channels for e in deep.body.up_extra for b in e] == [16, 8]
+        assert [len(e) for e in IdentityUNet(**small, up_extra_levels=1).body.up_extra] == [0, 1]
     x, var, ids = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
     with torch.no_grad():
         torch.testing.assert_close(deep(x, var, ids), plain(x, var, ids), rtol=0, atol=0)
     F.mse_loss(deep(x, var, ids), torch.randn(2, 3, 16, 8)).backward()
-    assert deep.body.mid[2].conv2.weight.grad.abs().max() > 0
+    assert all(b.conv2.weight.grad.abs().max() > 0 for b in new)
 
 
 def test_img2id_resizes_any_input_and_normalises():

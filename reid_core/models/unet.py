@@ -94,12 +94,15 @@ class UNetBody(nn.Module):
     `input_extra` constant channels join the stem output and `level_extra` join again after
     every down-sampling (the paper's concatenated conditions); `cond_dim` > 0 gives every
     block a FiLM input. `mid_layers` > `layers_per_block` deepens the bottleneck only, where a
-    block costs parameters but few operations (8x4 positions at 64x32).
+    block costs parameters but few operations (8x4 positions at 64x32). `up_extra_levels` n
+    gives the n finest levels one more block on the way up, after the skip is merged: capacity
+    where the details are drawn, at the price of time per picture. Both kinds of added block
+    start as the identity (their last conv at zero), so they can join a trained network.
     """
 
     def __init__(self, in_channels: int, out_channels: int, block_out_channels: tuple[int, ...],
                  layers_per_block: int, norm_groups: int, cond_dim: int = 0,
-                 input_extra: int = 0, level_extra: int = 0, mid_layers: int = 0):
+                 input_extra: int = 0, level_extra: int = 0, mid_layers: int = 0, up_extra_levels: int = 0):
         super().__init__()
         c0 = block_out_channels[0]
         self.stem = nn.Conv2d(in_channels, c0, 1)
@@ -124,12 +127,20 @@ class UNetBody(nn.Module):
             self.mid.append(block)
             ch = block_out_channels[-1]
         self.up = nn.ModuleList()
+        self.up_extra = nn.ModuleList()
+        finer = len(block_out_channels) - 1
         for width in reversed(block_out_channels[:-1]):
             blocks = nn.ModuleList()
             for _ in range(layers_per_block):
                 blocks.append(ResidualBlock(ch + skip_chs.pop(), width, norm_groups, cond_dim))
                 ch = width
             self.up.append(blocks)
+            finer -= 1  # this level's resolution index (0: full)
+            extra = nn.ModuleList()
+            if finer < up_extra_levels:
+                extra.append(ResidualBlock(width, width, norm_groups, cond_dim))
+                zero_init(extra[0].conv2)
+            self.up_extra.append(extra)
         self.head = zero_init(nn.Conv2d(ch, out_channels, 1))
 
     def forward(self, feats: torch.Tensor, cond: torch.Tensor | None = None,
@@ -154,10 +165,12 @@ class UNetBody(nn.Module):
             x = x + maps[len(self.down)]
         for block in self.mid:
             x = block(x, cond)
-        for blocks in self.up:
+        for blocks, extra in zip(self.up, self.up_extra):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             for block in blocks:
                 x = block(torch.cat([x, skips.pop()], dim=1), cond)
+            for block in extra:
+                x = block(x, cond)
         return self.head(x)
 
 
@@ -176,6 +189,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         layers_per_block: residual blocks per level (the paper: 2).
         mid_layers: residual blocks at the bottleneck when more than `layers_per_block` (0: as
             many); the extra ones start as the identity.
+        up_extra_levels: the finest this many levels get one more residual block on the way
+            up (starting as the identity): capacity where details are drawn.
         id_dim: identity vector size (32).
         num_identities: rows of the jointly learned identity table (0: none).
         noise_embedding_dim: size of the sinusoidal noise embedding.
@@ -207,7 +222,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
                  noise_embedding_dim: int = 64, norm_groups: int = 8, conditioning: str = "concat",
                  cond_dim: int = 128, table_init_std: float = 0.0, normalize_table: bool = False,
                  identity_scale: float = 1.0, prediction_type: str = "epsilon", identity_map_levels: int = 0,
-                 identity_map_channels: int = 16, guidance_embedding: bool = False, mid_layers: int = 0):
+                 identity_map_channels: int = 16, guidance_embedding: bool = False, mid_layers: int = 0,
+                 up_extra_levels: int = 0):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
@@ -242,7 +258,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         self.body = UNetBody(in_channels, out_channels, tuple(block_out_channels), layers_per_block,
                              norm_groups, cond_dim if film else 0,
                              input_extra=0 if film else noise_embedding_dim + id_dim,
-                             level_extra=0 if film else id_dim, mid_layers=mid_layers)
+                             level_extra=0 if film else id_dim, mid_layers=mid_layers,
+                             up_extra_levels=up_extra_levels)
         if identity_map_levels:
             if not film:
                 raise ValueError("identity maps need conditioning='film'")

@@ -59,7 +59,8 @@ def new_generator(preset: Preset, num_ids: int) -> IdentityUNet:
                         table_init_std=preset.table_init_std, normalize_table=preset.recipe == "joint",
                         identity_scale=preset.id_dim ** 0.5 if preset.recipe == "joint" else 1.0,
                         prediction_type=preset.prediction_type, identity_map_levels=preset.identity_map_levels,
-                        identity_map_channels=preset.identity_map_channels, mid_layers=preset.mid_layers)
+                        identity_map_channels=preset.identity_map_channels, mid_layers=preset.mid_layers,
+                        up_extra_levels=preset.up_extra_levels)
 
 
 def channels_last(model):
