@@ -134,6 +134,7 @@ class Img2NoiseConfig:
 class PoseConfig:
     """The pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator."""
     pose_tune_generator: bool = True                 # False: the generator stays frozen, only the guider learns
+    pose_levels: int = 1                             # U-Net levels the guider feeds: 1 the stem (Pose2ID), more adds coarser ones
     pose_steps: int = 20_000
     pose_batch: int = 16
     pose_lr: float = 1e-4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .models.unet import map_features
 from .schedule import make_scheduler, noise_variance, prediction_type
 
 
@@ -34,7 +35,7 @@ def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor,
         cond = unet(x, var, identity, extra_features=extra_features)
         return cond + (w.to(cond.dtype) - 1.0) * reuse
     drop = torch.arange(2 * b, device=x.device) >= b
-    extra = None if extra_features is None else torch.cat([extra_features, extra_features])
+    extra = None if extra_features is None else map_features(lambda v: torch.cat([v, v]), extra_features)
     eps = unet(torch.cat([x, x]), torch.cat([var, var]), torch.cat([identity, identity]),
                extra_features=extra, drop_identity=drop)
     uncond, direction = eps[b:], eps[:b] - eps[b:]

@@ -31,6 +31,7 @@ from .diffusion import ddim_invert, ddim_sample, sample_prior
 from .io import atomic_savez, cache_dir
 from .metrics import l2_normalize, pairwise_distance
 from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder, VariationalIdentityHead
+from .models.unet import map_features
 from .weights import (CENTRALIZATION_FILE, IDENTITIES_FILE, POSE_LIBRARY_FILE, PRESET_FILE, VERDICT_FILE,
                       has_component, load_component, missing)
 
@@ -329,7 +330,7 @@ class ReIDEngine:
         if pose is None:
             net, extra_fn = self.generator, None
         else:
-            feats = self._pose_features(self.resolve_pose(pose)).expand(len(ids), -1, -1, -1)
+            feats = map_features(lambda v: v.expand(len(ids), -1, -1, -1), self._pose_features(self.resolve_pose(pose)))
             net, extra_fn = self.pose_generator, (lambda: feats)
         with self._sampling_precision():
             scale = self.guidance_scale if guidance_scale is None or not self.generator.supports_guidance \

@@ -52,15 +52,25 @@ def test_pose_errors_are_plain(engine):
         engine.generate(0, seed=0, pose=np.full((18, 3), np.nan))
 
 
-def test_zero_initialised_guider_starts_from_the_identity_only_generator():
+@pytest.mark.parametrize("levels", [(), (8, 16)])
+def test_zero_initialised_guider_starts_from_the_identity_only_generator(levels):
+    """Stem only (Pose2ID) or also the coarser levels (`level_channels`): at the start the
+    guider changes nothing; its features reach the U-Net at every level they are given for."""
     torch.manual_seed(0)
-    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4)
+    unet = IdentityUNet(sample_size=(16, 8), block_out_channels=(8, 16, 32), layers_per_block=1, id_dim=4,
+                        conditioning="film", cond_dim=16)
     torch.nn.init.normal_(unet.body.head.weight, std=0.1)
-    enc = PoseEncoder(render_scale=2, out_channels=8)
+    enc = PoseEncoder(render_scale=2, out_channels=8, level_channels=levels)
     x, var, ident = torch.randn(2, 3, 16, 8), torch.rand(2), torch.randn(2, 4)
     feats = enc(torch.rand(2, 3, 32, 16) * 2 - 1)
-    assert feats.shape == (2, 8, 16, 8) and torch.count_nonzero(feats) == 0
+    parts = feats if levels else {0: feats}
+    assert {r: tuple(v.shape) for r, v in parts.items()} == \
+        {0: (2, 8, 16, 8), **({1: (2, 8, 8, 4), 2: (2, 16, 4, 2)} if levels else {})}
+    assert all(torch.count_nonzero(v) == 0 for v in parts.values())
     torch.testing.assert_close(unet(x, var, ident, extra_features=feats), unet(x, var, ident))
+    for r in parts:  # each level's features move the output on their own
+        one = {k: torch.randn_like(v) if k == r else v for k, v in parts.items()}
+        assert (unet(x, var, ident, extra_features=one) - unet(x, var, ident)).abs().max() > 1e-4
 
 
 def test_pose_dropout_rate_and_missing_poses():
@@ -97,8 +107,9 @@ def test_pose_stage_goes_on_from_init_only_for_the_same_generator(tiny_weights):
 
 def test_a_guider_trained_on_the_frozen_generator_steers_it_without_a_second_copy(tiny_weights, synthetic_market,
                                                                                    tmp_path):
-    """`pose_tune_generator` false: only the pose encoder learns; the run holds no generator copy,
-    the export drops the old one, and the engine steers its own generator with the new guider."""
+    """`pose_tune_generator` false: only the pose encoder learns (here at two levels); the run
+    holds no generator copy, the export drops the old one, and the engine steers its own
+    generator with the new guider."""
     import dataclasses
     import shutil
 
@@ -106,11 +117,14 @@ def test_a_guider_trained_on_the_frozen_generator_steers_it_without_a_second_cop
     from reid_core.config import Preset
     from reid_core.training import train
     from reid_core.weights import load_component
-    preset = dataclasses.replace(Preset.load(tiny_weights / "preset.json"), pose_tune_generator=False, pose_steps=30)
+    preset = dataclasses.replace(Preset.load(tiny_weights / "preset.json"), pose_tune_generator=False, pose_steps=30,
+                                 pose_levels=2)
     run = train(synthetic_market, preset, tmp_path / "run", stages=["pose"], init=tiny_weights, progress=False)
     assert (run / "pose_encoder" / "config.json").exists() and not (run / "pose_generator").exists()
-    out = load_component(run, "pose_encoder").out.weight
-    assert torch.count_nonzero(out) > 0, "the guider started at zero and learned"
+    guider = load_component(run, "pose_encoder")
+    assert len(guider.levels) == 1, "pose_levels 2: the stem and the next level"
+    for out in (guider.out.weight, guider.levels[0][2].weight):
+        assert torch.count_nonzero(out) > 0, "the guider started at zero and learned"
     with script_module("export_weights") as mod:
         w = tmp_path / "w"
         shutil.copytree(tiny_weights, w)

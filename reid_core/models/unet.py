@@ -52,6 +52,11 @@ def sinusoidal_embedding(noise_var: torch.Tensor, dim: int = 64, min_freq: float
 GUIDANCE_RANGE = 8.0  # guidance scales 1..1 + GUIDANCE_RANGE map onto the embedding's [0, 1]
 
 
+def map_features(fn, feats):
+    """`fn` applied to a guider's features: one stem tensor, or {resolution: tensor} (0 the stem)."""
+    return {r: fn(v) for r, v in feats.items()} if isinstance(feats, dict) else fn(feats)
+
+
 def guidance_code(w: torch.Tensor) -> torch.Tensor:
     """A guidance scale w (B,) as the [0, 1] input of the sinusoidal embedding (0 at w = 1)."""
     return ((w.float() - 1.0) / GUIDANCE_RANGE).clamp(0.0, 1.0)
@@ -297,7 +302,8 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         """x (B,3,H,W) in about [-1, 1]; noise_var (B,) in [0, 1]; identity (B, id_dim).
 
         `extra_features`, when given, is added to the stem output (B, c0, H, W): the
-        entry point of the pose encoder of the pose-conditioned variant.
+        entry point of the pose encoder of the pose-conditioned variant; or a dict
+        {resolution r: features} (FiLM only), added to what enters level r (0: the stem).
         `drop_identity` (B,) bool replaces those samples' identity by the learned null
         identity (FiLM only): classifier-free guidance's unconditional branch.
         `guidance` (B,) scales w, for a network with a guidance embedding (None: w = 1).
@@ -309,9 +315,11 @@ class IdentityUNet(ModelMixin, ConfigMixin):
         if guidance is not None and not self.distilled_guidance:
             raise ValueError("this network has no guidance embedding: guide it with two passes")
         ident = identity.to(x.dtype)
+        extra = extra_features if isinstance(extra_features, dict) else \
+            ({} if extra_features is None else {0: extra_features})
         feats = self.body.stem(x)
-        if extra_features is not None:
-            feats = feats + extra_features
+        if 0 in extra:
+            feats = feats + extra[0]
         noise_emb = sinusoidal_embedding(noise_var, cfg.noise_embedding_dim).to(x.dtype)
         if cfg.conditioning == "film":
             if drop_identity is not None:
@@ -327,9 +335,14 @@ class IdentityUNet(ModelMixin, ConfigMixin):
             for r, lin, proj in zip(getattr(self, "map_levels", ()), getattr(self, "identity_maps", ()),
                                     getattr(self, "identity_map_proj", ())):
                 maps[r] = proj(lin(F.silu(id_emb)).view(b, -1, h >> r, w >> r))
+            for r, v in extra.items():
+                if r:
+                    maps[r] = maps[r] + v if r in maps else v
             return self.body(feats, cond, maps=maps)
         if drop_identity is not None:
             raise ValueError("identity dropout needs conditioning='film'")
+        if set(extra) - {0}:
+            raise ValueError("features at coarser levels need conditioning='film'")
         return self.body(feats, input_extra=[*_broadcast(noise_emb, h, w), *_broadcast(ident, h, w)],
                          level_extra=ident)
 

@@ -15,6 +15,7 @@ from ..config import Preset
 from ..data import to_tensor
 from ..io import atomic_write_json
 from ..models import IdentityUNet, PoseEncoder
+from ..models.unet import map_features
 from ..schedule import make_scheduler
 from ..weights import POSE_LIBRARY_FILE, has_component, load_component
 from .common import (TrainData, channels_last, diffusion_loss, finish, flip_where, loss_record, start_weights,
@@ -108,7 +109,11 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
         print("pose: the generator changed since --init's pose guider; fine-tuning from the new generator")
     gen = channels_last(gen)
     gen.identity_embedding.requires_grad_(False)
-    enc = PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0])
+    if not 1 <= preset.pose_levels <= len(preset.channels):
+        raise ValueError(f"pose_levels must lie in 1..{len(preset.channels)}")
+    # the features entering level r have the width of level r - 1
+    enc = PoseEncoder(render_scale=preset.pose_render_scale, out_channels=preset.channels[0],
+                      level_channels=tuple(preset.channels[:preset.pose_levels - 1]))
     enc = (start_weights(enc, init, "pose_encoder") if guider_from_init else enc).to(device)
     params = [p for p in gen.parameters() if p.requires_grad] + list(enc.parameters())
     opt = torch.optim.Adam(params, lr=preset.pose_lr)
@@ -131,7 +136,7 @@ def train_pose(data: TrainData, data_root, generator, preset: Preset, out: Path,
         keep = pose_keep_mask(has_pose[idx], dropout, g).to(device)
         drop = (torch.rand(len(idx), generator=g) < preset.identity_dropout).to(device) \
             if preset.uses_guidance else None
-        feats = enc(skel) * keep[:, None, None, None]
+        feats = map_features(lambda v: v * keep[:, None, None, None], enc(skel))
         loss = diffusion_loss(gen, sched, x0, gen.identity_rows(labels[idx].to(device)), g, preset.gen_loss,
                               drop, extra_features=feats, snr_gamma=preset.snr_gamma)
         return {"loss": loss}
