@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import BaselineConfig, Img2IDConfig, Img2NoiseConfig, Preset, PriorConfig, UncertaintyConfig
+from .config import BaselineConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, Preset, PriorConfig, UncertaintyConfig
 from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load_image, parse_market_name,
                    to_array, to_tensor, to_uint8)
 from .diffusion import ddim_invert, ddim_sample, sample_prior
@@ -37,7 +37,8 @@ from .weights import (CENTRALIZATION_FILE, IDENTITIES_FILE, POSE_LIBRARY_FILE, P
 
 ProgressFn = Callable[[float, str], None]
 # the networks beside the generator a cache key may cover, with their preset fields
-KEYED_NETWORKS = {"prior": PriorConfig, "img2id": Img2IDConfig, "img2noise": Img2NoiseConfig, "baseline": BaselineConfig}
+KEYED_NETWORKS = {"prior": PriorConfig, "img2id": Img2IDConfig, "img2noise": Img2NoiseConfig, "baseline": BaselineConfig,
+                  "pose_encoder": PoseConfig}
 # what each part precomputed at export is made from (beside the generator and its table): a new
 # Img2Noise keeps them all, a new judge only the slider ranking's
 PRECOMPUTED_FROM = {"identity_map": (), "portraits": (), "slider_axes": ("img2id",),
@@ -801,7 +802,9 @@ class ReIDEngine:
             small = np.stack(g.images)
             g.centralized = self.centralize(small, small)
             return g
-        key = hashlib.sha1(repr((self.fingerprint, sorted(self.centralization.items()) if self.centralization else None,
+        # the views are drawn by the pose guider from Img2ID's identity and Img2Noise's noise
+        views = self.fingerprint_of("prior", "img2id", "img2noise", "pose_encoder")
+        key = hashlib.sha1(repr((views, sorted(self.centralization.items()) if self.centralization else None,
                                  [(p, Path(p).stat().st_size if Path(p).exists() else -1) for p in g.paths]))
                            .encode()).hexdigest()[:16]
         path = cache_dir() / f"centralized-{key}.npz"

@@ -266,13 +266,22 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
     full, parts = keys()
     assert len(set(parts.values())) == 3 and full not in parts.values()   # map = portraits; axes; ranking
     expect = {"img2noise": set(), "prior": set(), "baseline": {"slider_ranking"},
-              "img2id": {"slider_axes", "slider_ranking"}, "generator": set(PRECOMPUTED_FROM)}
+              "img2id": {"slider_axes", "slider_ranking"}, "generator": set(PRECOMPUTED_FROM), "pose_encoder": set()}
     for change, stale in expect.items():
         f, p = keys(change)
         assert {part for part in parts if p[part] != parts[part]} == stale, change
-        assert (f != full) == (change != "baseline"), change       # the full key leaves the judge out
+        # the full key (gallery features) leaves the judge and the pose guider out
+        assert (f != full) == (change not in ("baseline", "pose_encoder")), change
     f, p = keys(preset={"img2noise_steps": 1, "noise_refine_channels": 8})  # another Img2Noise recipe
     assert p == parts and f != full
+    f, p = keys(preset={"pose_steps": 1, "pose_levels": 2})  # another pose guider recipe
+    assert p == parts and f == full
+    engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")  # centralized views are the guider's
+    views = engine.fingerprint_of("prior", "img2id", "img2noise", "pose_encoder")
+    with torch.no_grad():
+        next(engine.pose_encoder.parameters()).add_(0.5)
+    engine._fingerprints.clear()
+    assert engine.fingerprint_of("prior", "img2id", "img2noise", "pose_encoder") != views
     assert keys(preset={"sample_steps": 3})[1]["portraits"] != parts["portraits"]
     with pytest.raises(ValueError, match="keyed"):
         ReIDEngine.from_pretrained(tiny_weights, device="cpu").fingerprint_of("pose")
