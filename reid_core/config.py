@@ -132,7 +132,9 @@ class Img2NoiseConfig:
 
 @dataclass
 class PoseConfig:
-    """The pose-conditioned generator (Pose2ID's pose guider), fine-tuned from the generator."""
+    """The pose-conditioned generator: Pose2ID's pose guider, with the generator fine-tuned beside
+    it (Pose2ID) or frozen (`pose_tune_generator` false: one network serves plain and posed
+    pictures; the guider then feeds `pose_levels` levels, as T2I-Adapter)."""
     pose_tune_generator: bool = True                 # False: the generator stays frozen, only the guider learns
     pose_levels: int = 1                             # U-Net levels the guider feeds: 1 the stem (Pose2ID), more adds coarser ones
     pose_steps: int = 20_000
@@ -259,7 +261,7 @@ _CPU = dict(
     channels=(32, 64, 128, 256), layers_per_block=1, ema_decay=0.995,
     prior_steps=4_000, noise_channels=(32, 64, 128), noise_layers_per_block=1, img2noise_steps=1_000,
     img2noise_batch=32, img2noise_lr=5e-4, img2noise_recon_weight=0.0, img2noise_real_images=1024,
-    pose_steps=800, pose_batch=32, pose_lr=3e-4,
+    pose_tune_generator=False, pose_levels=4, pose_steps=1_000, pose_batch=32, pose_lr=1e-3,
     baseline_steps=4_700, baseline_stem_stride=1, checkpoint_every=100)
 
 PRESETS: dict[str, Preset] = {
