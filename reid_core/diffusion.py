@@ -7,9 +7,21 @@ several requests at once.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .models.unet import map_features
 from .schedule import make_scheduler, noise_variance, prediction_type
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, C, H, W) blurred by a separable Gaussian of `sigma` pixels (0: unchanged), reflect padding."""
+    if sigma <= 0 or len(x) == 0:
+        return x
+    r = max(1, int(round(2 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)  # (C, 1, 1, 2r+1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.transpose(2, 3), groups=x.shape[1])
 
 
 def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor,
@@ -44,10 +56,44 @@ def guided_eps(unet, x: torch.Tensor, var: torch.Tensor, identity: torch.Tensor,
     return uncond + w.to(eps.dtype) * direction
 
 
+def predicted_x0(pred: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, kind: str) -> torch.Tensor:
+    """The clean image a denoiser's output `pred` (noise or v, `kind`) implies at x_t = x,
+    alpha_bar (B, 1, 1, 1): x = sqrt(ab) x0 + sqrt(1 - ab) eps, v = sqrt(ab) eps - sqrt(1 - ab) x0."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return a * x - s * pred if kind == "v_prediction" else (x - s * pred) / a
+
+
+def shift_x0(pred: torch.Tensor, alpha_bar: torch.Tensor, delta: torch.Tensor, kind: str) -> torch.Tensor:
+    """The output that implies x0 + delta at the same x_t (`predicted_x0`'s inverse in x0): a
+    DDIM step on it lands where it would have had the model seen delta more of the image."""
+    s = (1 - alpha_bar).sqrt()
+    return pred - delta / s if kind == "v_prediction" else pred - alpha_bar.sqrt() * delta / s
+
+
+def identity_steer(encoder, target: torch.Tensor, scale: float, blur: float = 1.0):
+    """Img2ID guidance on the predicted image (universal guidance's forward step, Bansal et al.
+    2023, without backpropagating through the U-Net): x0 -> delta, `scale` times the
+    gradient of cos(encoder(x0), target) with respect to x0, low-passed by a Gaussian of
+    `blur` pixels and scaled to unit RMS per image, so `scale` is the RMS of the shift on
+    [-1, 1]. `target` (B, id_dim): the identities being drawn, in Img2ID's space (a training
+    row is Img2ID's class prototype, a photo's identity its Img2ID vector). Works under
+    inference mode (the gradient is taken on normal-tensor copies)."""
+    def steer(x0: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x0.detach().float().clone().requires_grad_(True)
+            goal = F.normalize(target.detach().float().clone(), dim=1)
+            sim = (F.normalize(encoder(x).float(), dim=1) * goal).sum()
+            g, = torch.autograd.grad(sim, x)
+        g = gaussian_blur(g, blur)
+        g = g / g.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+        return (scale * g).to(x0.dtype)
+    return steer
+
+
 def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 10,
                 extra_features_fn=None, grad: bool = False, guidance_scale: float = 1.0,
                 guidance_steps: int | None = None, guidance_start: int = 0, guidance_every: int = 1,
-                trace: list | None = None) -> torch.Tensor:
+                trace: list | None = None, steer=None, steer_window: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """GEN(identity, noise): deterministic DDIM (eta = 0) from pure noise to an image.
 
     `grad=True` keeps the graph, so a loss on the output reaches `noise` (Img2Noise
@@ -64,8 +110,12 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
     Measured on the shipped generator (100 identities x 8 noises, steps 2-9): every step 68.9%,
     every 2nd 67.9%, every 3rd 67.8%, for 17% / 20% less time a picture; the preset keeps 1.
     `trace`, when given, receives (x, timestep, scale, prediction) for every step.
+    `steer` (x0 -> delta, e.g. `identity_steer`): on the steps whose timestep t lies in
+    `steer_window` (lo, hi), inclusive, the prediction is moved to imply x0 + delta at the same
+    x_t (`shift_x0`); the later, unsteered steps then redraw the shift as the model would.
     """
-    sched = make_scheduler(prediction_type=prediction_type(unet))
+    kind = prediction_type(unet)
+    sched = make_scheduler(prediction_type=kind)
     sched.set_timesteps(steps, device=noise.device)
     x = noise
     b = noise.shape[0]
@@ -82,6 +132,9 @@ def ddim_sample(unet, identity: torch.Tensor, noise: torch.Tensor, steps: int = 
             reuse = direction[0] if guided and direction and (i - guidance_start) % guidance_every else None
             eps = guided_eps(unet, x, var, identity, scale, extra, reuse=reuse,
                              keep=direction if guidance_every > 1 else None)
+            if steer is not None and steer_window[0] <= int(t) <= steer_window[1]:
+                ab = (1.0 - var).to(eps.dtype)[:, None, None, None]
+                eps = shift_x0(eps, ab, steer(predicted_x0(eps, x, ab, kind).clamp(-1.0, 1.0)), kind)
             if trace is not None:
                 trace.append((x, t, scale, eps))
             x = sched.step(eps, t, x).prev_sample

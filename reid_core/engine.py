@@ -27,7 +27,7 @@ from PIL import Image
 from .config import BaselineConfig, Img2IDConfig, Img2NoiseConfig, PoseConfig, Preset, PriorConfig, UncertaintyConfig
 from .data import (IMAGE_SUFFIXES, SPLIT_FOLDERS, DatasetError, ImageError, load_image, parse_market_name,
                    to_array, to_tensor, to_uint8)
-from .diffusion import ddim_invert, ddim_sample, sample_prior
+from .diffusion import ddim_invert, ddim_sample, identity_steer, sample_prior
 from .io import atomic_savez, cache_dir
 from .metrics import l2_normalize, pairwise_distance
 from .models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder, PoseEncoder, VariationalIdentityHead
@@ -40,8 +40,9 @@ ProgressFn = Callable[[float, str], None]
 KEYED_NETWORKS = {"prior": PriorConfig, "img2id": Img2IDConfig, "img2noise": Img2NoiseConfig, "baseline": BaselineConfig,
                   "pose_encoder": PoseConfig}
 # what each part precomputed at export is made from (beside the generator and its table): a new
-# Img2Noise keeps them all, a new judge only the slider ranking's
-PRECOMPUTED_FROM = {"identity_map": (), "portraits": (), "slider_axes": ("img2id",),
+# Img2Noise keeps them all, a new judge only the slider ranking's; pictures read Img2ID, which
+# steers generation (`identity_steer`)
+PRECOMPUTED_FROM = {"identity_map": (), "portraits": ("img2id",), "slider_axes": ("img2id",),
                     "slider_ranking": ("img2id", "baseline")}
 MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
 # "refined" inversion: Img2Noise's noise, then this many Adam steps (lr) through the sampling chain.
@@ -162,6 +163,7 @@ class ReIDEngine:
         self.generator = generator.to(device).eval().to(memory_format=torch.channels_last)
         self.prior = prior.to(device).eval()
         self.img2id = img2id.to(device).eval()
+        self._folded_img2id = None  # Img2ID for steering generation (`_steering_encoder`)
         self.img2noise = img2noise.to(device).eval()
         self.baseline = baseline.to(device).eval() if baseline is not None else None
         self.pose_encoder = pose_encoder.to(device).eval() if pose_encoder is not None else None
@@ -188,6 +190,8 @@ class ReIDEngine:
         self.guidance_steps = preset.guidance_steps or None
         self.guidance_start = preset.guidance_start
         self.guidance_every = preset.guidance_every
+        # Img2ID guidance on the predicted image (`diffusion.identity_steer`; 0: off)
+        self.identity_steer = float(preset.identity_steer)
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
@@ -323,8 +327,9 @@ class ReIDEngine:
         return [Image.fromarray(a) for a in to_uint8(x)]
 
     def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None,
-                guidance_scale: float | None = None) -> torch.Tensor:
-        """GEN on tensors: identities (B, id_dim), noises (B, 3, H, W) -> images in [-1, 1]."""
+                guidance_scale: float | None = None, steer: bool = True) -> torch.Tensor:
+        """GEN on tensors: identities (B, id_dim), noises (B, 3, H, W) -> images in [-1, 1].
+        `steer`: Img2ID's guidance toward `ids` where the engine has it on (`identity_steer`)."""
         steps = steps or self.preset.sample_steps
         if not 1 <= steps <= 1000:
             raise ValueError("steps must lie in 1..1000")
@@ -336,9 +341,19 @@ class ReIDEngine:
         with self._sampling_precision():
             scale = self.guidance_scale if guidance_scale is None or not self.generator.supports_guidance \
                 else float(guidance_scale)
+            steer_fn = identity_steer(self._steering_encoder(), ids, self.identity_steer,
+                                      self.preset.identity_steer_blur) if steer and self.identity_steer > 0 else None
             return ddim_sample(net, ids, z, steps, extra_features_fn=extra_fn, guidance_scale=scale,
                                guidance_steps=self.guidance_steps, guidance_start=self.guidance_start,
-                               guidance_every=self.guidance_every)
+                               guidance_every=self.guidance_every, steer=steer_fn,
+                               steer_window=self.preset.identity_steer_window)
+
+    def _steering_encoder(self):
+        """Img2ID with its batch norms folded, made on first use (`IdentityEncoder.folded`)."""
+        if self._folded_img2id is None:
+            with torch.inference_mode(False):  # its weights take part in the steering's gradient
+                self._folded_img2id = self.img2id.folded()
+        return self._folded_img2id
 
     @torch.inference_mode()
     def pose_views(self, crops_u8: np.ndarray, images_u8: np.ndarray | None = None, poses: Sequence[int] | None = None,
@@ -359,7 +374,8 @@ class ReIDEngine:
             ident = self.img2id.embed(crops).float()
             z = self.img2noise(x, ident).float()
             for j, p in enumerate(poses):
-                out[i:i + len(x), j] = to_uint8(self._sample(ident, z, steps, p))
+                # unsteered: a search's views are many, and centralization was chosen without it
+                out[i:i + len(x), j] = to_uint8(self._sample(ident, z, steps, p, steer=False))
             if progress is not None:
                 progress(min(1.0, (i + len(x)) / len(crops_u8)), f"posed {min(i + len(x), len(crops_u8))}/{len(crops_u8)}")
         return out

@@ -17,12 +17,19 @@ was trained through).
 
     python scripts/sweep_sampling.py --swap --settings 3 4 5 6 [--pairs 200] [--keep 1 0.5 0]
 
+    python scripts/sweep_sampling.py --steer 0 0.3 0.5 0.3,499,799 0.3,399,799,2
+
+`--steer`: Img2ID's guidance on the predicted image (`identity_steer`) instead, each setting
+"scale[,lowest,highest timestep[,blur]]" (the rest from the weights' preset), under the
+preset's classifier-free guidance.
+
 `--swap`: the guidance scale of identity swaps instead (each setting's scale), the figures of
 `benchmark.py --sections swap` on other pairs of training images (seed 1; the benchmark's are seed 0).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -64,6 +71,7 @@ def main() -> None:
     ap.add_argument("--keep", type=float, nargs="+", default=[1.0],
                     help="--swap: shares of B's noise kept (engine.swap_noise)")
     ap.add_argument("--sampler", nargs="+", default=["ddim"], choices=SAMPLERS)
+    ap.add_argument("--steer", nargs="+", help="sweep identity steering: scale[,lowest,highest[,blur]]")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
@@ -76,6 +84,19 @@ def main() -> None:
                 print(json.dumps({"guidance_scale": engine.guidance_scale, "keep": float(keep), **f}), flush=True)
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
+    if a.steer:
+        for spec in a.steer:
+            values = list(map(float, spec.split(",")))
+            p = engine.preset
+            window = tuple(int(v) for v in values[1:3]) if len(values) >= 3 else p.identity_steer_window
+            blur = values[3] if len(values) >= 4 else p.identity_steer_blur
+            engine.identity_steer = values[0]
+            engine.preset = dataclasses.replace(p, identity_steer_window=window, identity_steer_blur=blur)
+            r = identity_consistency(engine, engine.baseline, a.data, rows=rows, seeds=range(8))
+            print(json.dumps({"identity_steer": values[0], "window": list(window), "blur": blur,
+                              **{k: r[k] for k in ("top1", "top5", "seed_agreement", "diversity", "seconds")}}),
+                  flush=True)
+        return
     unit_noise = engine.noise
     for sampler in a.sampler:
         diffusion.make_scheduler = scheduler_factory(sampler)

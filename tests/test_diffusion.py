@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_core.diffusion import ddim_invert, ddim_sample, guided_eps
+from reid_core.diffusion import ddim_invert, ddim_sample, guided_eps, identity_steer
 from reid_core.models import IdentityEncoder, IdentityPrior, IdentityUNet, NoiseEncoder
 from reid_core.schedule import cosine_alphas_cumprod, make_scheduler, noise_variance
 
@@ -392,3 +392,61 @@ def test_guidance_takes_one_scale_per_sample_and_a_fresh_guidance_embedding_chan
         torch.testing.assert_close(guided_eps(student, x, var, ident, 4.0), unet(x, var, ident))
     with pytest.raises(ValueError, match="guidance embedding"):
         unet(x, var, ident, guidance=torch.ones(2))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_a_steer_moves_the_predicted_image_on_its_window_only(prediction_type):
+    """With a denoiser that knows the image, the steer sees that image on the steps of its window
+    (timesteps inclusive), and a shift on the last step (which returns the x0 prediction) is
+    exactly the output's; a zero shift changes nothing."""
+    x0 = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(3)) * 1.2 - 0.6
+    noise = torch.randn(2, 3, 8, 4, generator=torch.Generator().manual_seed(4))
+    oracle, ident = _Oracle(x0, prediction_type), torch.zeros(2, 4)
+    seen, delta = [], torch.full_like(x0, 0.1)
+
+    def steer(x):
+        seen.append(x)
+        return delta
+    out = ddim_sample(oracle, ident, noise, steps=10, steer=steer, steer_window=(99, 99))
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out, (x0 + delta).clamp(-1, 1), atol=1e-4, rtol=0)
+    seen.clear()
+    ddim_sample(oracle, ident, noise, steps=10, steer=steer, steer_window=(399, 799))
+    assert len(seen) == 5  # t = 799, 699, 599, 499, 399
+    unet = _small_film_unet()
+    plain = ddim_sample(unet, ident[:1], noise[:1], guidance_scale=3.0)
+    zero = ddim_sample(unet, ident[:1], noise[:1], guidance_scale=3.0, steer=torch.zeros_like, steer_window=(0, 999))
+    assert torch.equal(zero, plain)
+
+
+def test_identity_steer_moves_the_image_toward_the_target_identity():
+    torch.manual_seed(0)
+    enc = IdentityEncoder(sample_size=(16, 8), block_out_channels=(8, 16), layers_per_block=1, id_dim=4).eval()
+    x0, target = torch.rand(3, 3, 16, 8) * 2 - 1, torch.randn(3, 4)
+    with torch.inference_mode():  # as the engine samples
+        delta = identity_steer(enc, target, scale=0.05, blur=0.0)(x0)
+    assert delta.shape == x0.shape
+    torch.testing.assert_close(delta.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.full((3,), 0.05))
+    with torch.no_grad():
+        before = F.cosine_similarity(enc(x0), target)
+        after = F.cosine_similarity(enc(x0 + delta.clone()), target)
+    assert (after > before).all()
+    smooth = identity_steer(enc, target, scale=0.05, blur=1.0)(x0)
+    assert (smooth[..., 1:] - smooth[..., :-1]).abs().mean() < (delta[..., 1:] - delta[..., :-1]).abs().mean()
+
+
+def test_a_folded_img2id_reads_pictures_as_the_original_does():
+    torch.manual_seed(0)
+    enc = IdentityEncoder(sample_size=(64, 32), backbone="mobilenetv2", id_dim=8, normalize=True)
+    for m in enc.modules():  # batch norms with statistics of their own, as a trained network has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    enc.eval()
+    folded = enc.folded()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules()) == 52    # the original is untouched
+    assert not any(p.requires_grad for p in folded.parameters())
+    x = torch.rand(2, 3, 32, 16) * 2 - 1   # grown to 64x32 on the way in
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), enc(x), atol=1e-5, rtol=0)

@@ -362,6 +362,28 @@ def test_pose_views_regenerate_each_photo_in_each_library_pose(engine, synthetic
     assert np.abs(views[:, 0].astype(int) - views[:, -1].astype(int)).mean() > 0   # the pose matters
 
 
+def test_identity_steering_draws_closer_to_the_identity_and_leaves_pose_views_alone(engine, synthetic_market):
+    from reid_core.data import load_split
+    q = load_split(synthetic_market, "query", engine.embed_size, progress=False)
+    small = load_split(synthetic_market, "query", engine.image_size, progress=False)
+    seeds = list(range(8))
+    as_arrays = lambda ims: np.stack([np.asarray(im) for im in ims])  # noqa: E731
+    plain, views = as_arrays(engine.generate(3, seed=seeds)), engine.pose_views(q.images[:2], small.images[:2], steps=3)
+    assert engine.identity_steer == 0.0
+    engine.identity_steer = 0.3
+    try:
+        steered = as_arrays(engine.generate(3, seed=seeds))
+        steered_views = engine.pose_views(q.images[:2], small.images[:2], steps=3)
+    finally:
+        engine.identity_steer = 0.0
+    assert np.array_equal(as_arrays(engine.generate(3, seed=seeds)), plain)
+    assert np.abs(steered.astype(int) - plain).mean() > 1
+    np.testing.assert_array_equal(steered_views, views)   # a search's views are never steered
+    row = engine.identity_table[3] / np.linalg.norm(engine.identity_table[3])
+    cos = lambda imgs: engine.embed_arrays(imgs) @ row  # noqa: E731
+    assert cos(steered).mean() > cos(plain).mean()
+
+
 def test_pose_centralization_is_chosen_on_training_identities(engine, synthetic_market):
     from reid_core.data import load_split
     from reid_core.evaluate import (CENTRALIZE_ETA, VIEW_STEPS, choose_centralization, evaluate_variants,

@@ -16,7 +16,8 @@ from reid_core.evaluate import generate_rows
 from reid_core.schedule import make_scheduler
 from reid_core.training import train
 from reid_core.training.common import new_generator, new_img2id
-from reid_core.training.joint import dcac_condition, gaussian_blur, joint_generator_loss, recognition_loss
+from reid_core.diffusion import gaussian_blur
+from reid_core.training.joint import dcac_condition, joint_generator_loss, recognition_loss
 from reid_core.training.loop import load_checkpoint, warmup_cosine
 from reid_core.weights import load_component
 

@@ -71,7 +71,11 @@ class IdentityEncoder(ModelMixin, ConfigMixin):
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(self.config.sample_size)
         if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            # the antialiasing filter only matters when shrinking; growing a 64x32 picture, plain
+            # bilinear gives the same values (to 1e-7), and the antialiased gradient took half
+            # the time of a forward and backward pass of MobileNetV2 (steering, `folded`)
+            shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         return x
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +94,33 @@ class IdentityEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.identity(self.pooled(x))
+
+    def folded(self) -> "IdentityEncoder":
+        """A frozen copy for reading many pictures at inference: every convolution followed by
+        a batch norm becomes one convolution (the norm's running statistics folded in, torch's
+        `fuse_conv_bn_eval`). The same outputs to float rounding; a forward and backward pass
+        on a 64x32 picture costs 30% less (38 -> 26 ms, one thread), which is what steering
+        generation by Img2ID (`diffusion.identity_steer`) pays on every steered step."""
+        import copy
+
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        def fold_sequence(seq: nn.Sequential) -> nn.Sequential:
+            out: list[nn.Module] = []
+            for m in seq:
+                m = fold_sequence(m) if isinstance(m, nn.Sequential) else fold(m)
+                if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
+                    out[-1] = fuse_conv_bn_eval(out[-1], m)
+                else:
+                    out.append(m)
+            return nn.Sequential(*out)
+
+        def fold(module: nn.Module) -> nn.Module:
+            for name, child in module.named_children():
+                setattr(module, name, fold_sequence(child) if isinstance(child, nn.Sequential) else fold(child))
+            return module
+
+        return fold(copy.deepcopy(self).eval()).requires_grad_(False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The test-time identity: the image's and its mirror image's averaged (as BoT does),

@@ -28,6 +28,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..config import Preset
+from ..diffusion import gaussian_blur
 from ..losses import batch_hard_triplet_loss, label_smoothed_ce, prototype_logits
 from ..schedule import make_scheduler
 from .augment import Augment, PKSampler, augment
@@ -75,17 +76,6 @@ def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor
         out["identity"] = recognition_loss(enc, seen, table, y[keep], preset) if keep.any() else x0_hat.new_zeros(())
         out["loss"] = out["loss"] + preset.id_loss_weight * out["identity"]
     return out
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, C, H, W) blurred by a separable Gaussian of `sigma` pixels (0: unchanged), reflect padding."""
-    if sigma <= 0 or len(x) == 0:
-        return x
-    r = max(1, int(round(2 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
-    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)  # (C, 1, 1, 2r+1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k, groups=x.shape[1])
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.transpose(2, 3), groups=x.shape[1])
 
 
 def recognition_loss(enc, images: torch.Tensor, table: torch.Tensor, y: torch.Tensor, preset: Preset):
