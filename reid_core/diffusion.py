@@ -174,7 +174,7 @@ def ddim_invert(unet, image: torch.Tensor, identity: torch.Tensor, steps: int = 
             return a_next.sqrt() * out + (1 - a_next).sqrt() * xn if v_pred else out
         eps = noise_at(x)
         for k in range(refine + 1):
-            x0 = (x - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+            x0 = predicted_x0(eps, x, a_cur, "epsilon")
             x_next = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
             if k < refine:
                 eps = noise_at(x_next)

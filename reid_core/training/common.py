@@ -11,6 +11,7 @@ import torch
 
 from ..config import Preset
 from ..data import load_split, relabel, to_tensor
+from ..diffusion import predicted_x0
 from ..io import atomic_write_json
 from ..models import IdentityEncoder, IdentityUNet
 from ..schedule import NUM_TRAIN_TIMESTEPS, noise_variance
@@ -141,8 +142,7 @@ def diffusion_loss(unet, sched, x0: torch.Tensor, identity: torch.Tensor, gen: t
         err = err * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
     if not with_x0:
         return err.mean()
-    a, s, pred = acp.sqrt()[:, None, None, None], (1 - acp).sqrt()[:, None, None, None], pred.float()
-    x0_hat = a * x_t - s * pred if v_pred else (x_t - s * pred) / a
+    x0_hat = predicted_x0(pred.float(), x_t, acp[:, None, None, None], "v_prediction" if v_pred else "epsilon")
     return err.mean(), x0_hat, t
 
 
