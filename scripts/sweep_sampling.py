@@ -85,9 +85,9 @@ def main() -> None:
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
     if a.steer:
+        p = engine.preset  # the weights' own: each setting's missing fields come from it, not the last setting
         for spec in a.steer:
             values = list(map(float, spec.split(",")))
-            p = engine.preset
             window = tuple(int(v) for v in values[1:3]) if len(values) >= 3 else p.identity_steer_window
             blur = values[3] if len(values) >= 4 else p.identity_steer_blur
             engine.identity_steer = values[0]
