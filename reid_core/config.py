@@ -199,6 +199,7 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
     identity_steer: float = 0.0                      # Img2ID guidance on the predicted image (RMS shift; 0: off)
     identity_steer_window: tuple[int, int] = (399, 799)  # ... on the steps whose timestep lies here
     identity_steer_blur: float = 1.0                 # ... its gradient low-passed by a Gaussian of so many pixels
+    identity_candidates: int = 1                     # seeded pictures drawn this many times, Img2ID keeps the best
     checkpoint_every: int = 500
     snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
 
@@ -215,6 +216,9 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
             raise ValueError(f"img2noise_flip is a share of the real photos, got {self.img2noise_flip}")
         if self.guidance_every < 1:
             raise ValueError(f"guidance_every counts guided steps, at least 1, got {self.guidance_every}")
+        if self.identity_candidates < 1:
+            raise ValueError(f"identity_candidates counts pictures drawn per picture shown, at least 1, "
+                             f"got {self.identity_candidates}")
         if self.identity_steer < 0 or self.identity_steer_blur < 0:
             raise ValueError("identity_steer and identity_steer_blur cannot be negative")
         if len(self.identity_steer_window) != 2 or self.identity_steer_window[0] > self.identity_steer_window[1]:
@@ -279,7 +283,7 @@ PRESETS: dict[str, Preset] = {
         name="cpu", recipe="joint", id_dim=256, conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
         gen_lr=1e-3, gen_warmup=100, prediction_type="v_prediction", identity_map_levels=1,
         identity_map_channels=16, identity_dropout=0.1, guidance_scale=3.0, guidance_steps=10, guidance_start=2,
-        identity_steer=0.3, table_lr=1e-3,
+        identity_steer=0.3, identity_candidates=3, table_lr=1e-3,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
         snapshot_every=500, **_CPU),
     "paper_cpu": Preset(

@@ -44,6 +44,9 @@ KEYED_NETWORKS = {"prior": PriorConfig, "img2id": Img2IDConfig, "img2noise": Img
 # steers generation (`identity_steer`)
 PRECOMPUTED_FROM = {"identity_map": (), "portraits": ("img2id",), "slider_axes": ("img2id",),
                     "slider_ranking": ("img2id", "baseline")}
+# the parts drawn by seed, which best-of-K drawing (`identity_candidates`) changes; the others are
+# drawn under given noises and keep their key when it changes
+DRAWN_BY_SEED = ("portraits",)
 MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
 # "refined" inversion: Img2Noise's noise, then this many Adam steps (lr) through the sampling chain.
 # Measured on 100 training images (seed 5): 22.85 dB -> 23.39 / 24.58 / 25.21 / 26.28 after 1 / 2 / 3 / 6 steps
@@ -142,6 +145,19 @@ def resolve_weights(path_or_repo: str | os.PathLike) -> Path:
     raise WeightsError(f"weights folder {p} does not exist")
 
 
+def candidate_seeds(seeds: Sequence[int], j: int) -> list[int]:
+    """The seeds of candidate `j` >= 1 for pictures asked for by `seeds` (`ReIDEngine.generate`):
+    each derived from (seed, j) alone, so a picture never depends on the others in its batch."""
+    return [int(np.random.SeedSequence([int(s) % 2**63, j]).generate_state(1, np.uint64)[0] >> 1) for s in seeds]
+
+
+def best_of(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """candidates (K, B, ...) and their scores (K, B) -> (B, ...): each picture's best-scored
+    candidate (the first among equals)."""
+    pick = scores.argmax(0)
+    return candidates[pick, torch.arange(candidates.shape[1], device=candidates.device)]
+
+
 class ReIDEngine:
     """Hosts the generator, identity prior, Img2ID and Img2Noise of one trained preset."""
 
@@ -192,6 +208,8 @@ class ReIDEngine:
         self.guidance_every = preset.guidance_every
         # Img2ID guidance on the predicted image (`diffusion.identity_steer`; 0: off)
         self.identity_steer = float(preset.identity_steer)
+        # a seeded picture is drawn this many times and Img2ID keeps the likeliest (`generate`)
+        self.identity_candidates = int(preset.identity_candidates)
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
@@ -295,7 +313,8 @@ class ReIDEngine:
     # ------------------------------------------------------------ generation
     @torch.inference_mode()
     def generate(self, identity, seed: int | Sequence[int] | None = 0, noise: np.ndarray | None = None,
-                 steps: int | None = None, pose=None, guidance_scale: float | None = None) -> list[Image.Image]:
+                 steps: int | None = None, pose=None, guidance_scale: float | None = None,
+                 candidates: int | None = None) -> list[Image.Image]:
         """GEN(identity, noise[, pose]) -> list of PIL images at model size.
 
         identities (N) and seeds/noises (M) broadcast: N == 1 or M == 1 or N == M.
@@ -303,12 +322,21 @@ class ReIDEngine:
         (18, 3) OpenPose keypoints (x, y as fractions, confidence), or a photo whose
         pose is extracted (PoseNotFound when it shows no person). `guidance_scale`: instead
         of the engine's own (only where the generator learned a null identity).
+        `candidates` (default: the engine's `identity_candidates`): a picture asked for by
+        seed is drawn under that many noises, the seed's own and ones derived from it
+        (`candidate_seeds`), and the one Img2ID finds likeliest to be the identity is kept
+        (`best_of`). A picture asked for by `noise` is drawn under that noise only.
         """
         ids = self.resolve_identity(identity)
+        k = 1
         if noise is None:
             if seed is None:
                 raise ValueError("give a seed or a noise")
-            z = self.noise(seed)
+            seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+            z = self.noise(seeds)
+            k = self.identity_candidates if candidates is None else int(candidates)
+            if k < 1:
+                raise ValueError("candidates must be at least 1")
         else:
             z = np.asarray(noise, dtype=np.float32)
             z = z[None] if z.ndim == 3 else z
@@ -320,11 +348,31 @@ class ReIDEngine:
                 ids = np.repeat(ids, m, 0)
             elif m == 1:
                 z = np.repeat(z, n, 0)
+                seeds = seeds * n if k > 1 else None
             else:
                 raise ValueError(f"{n} identities and {m} noises do not broadcast")
-        x = self._sample(torch.from_numpy(ids).to(self.device), torch.from_numpy(z).to(self.device), steps, pose,
-                         guidance_scale)
-        return [Image.fromarray(a) for a in to_uint8(x)]
+        # the seed's own noise first, then the derived ones
+        z = np.stack([z, *(self.noise(candidate_seeds(seeds, j)) for j in range(1, k))])
+        return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z, steps, pose, guidance_scale))]
+
+    def _draw(self, ids: np.ndarray, noises: np.ndarray, steps: int | None = None, pose=None,
+              guidance_scale: float | None = None) -> torch.Tensor:
+        """Identities (B, id_dim) under K candidate noises each (K, B, 3, H, W) -> (B, 3, H, W)
+        images in [-1, 1]: the candidate Img2ID finds likeliest to be its identity (K = 1: the one)."""
+        k, b = noises.shape[:2]
+        ids_t = torch.from_numpy(ids).to(self.device).repeat(k, 1)
+        x = self._sample(ids_t, torch.from_numpy(noises.reshape(k * b, *noises.shape[2:])).to(self.device),
+                         steps, pose, guidance_scale)
+        if k == 1:
+            return x
+        return best_of(x.view(k, b, *x.shape[1:]), self.identity_likeness(x, ids_t).view(k, b))
+
+    def identity_likeness(self, images: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        """How much each picture (B, 3, H, W) in [-1, 1] looks like its identity (B, id_dim), as
+        Img2ID sees it: the cosine between the picture's Img2ID vector (with its mirror image's)
+        and the identity. (B,)"""
+        f = self._steering_encoder().embed(images.float())
+        return torch.nn.functional.cosine_similarity(f.float(), identities.float(), dim=1)
 
     def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None,
                 guidance_scale: float | None = None, steer: bool = True) -> torch.Tensor:
@@ -440,12 +488,17 @@ class ReIDEngine:
         PCK@0.2): keep 1: 29.0% / 88.6%; 0.5: 50.5% / 84.2%; 0.3: 50.5% / 82.2%; 0.15: 54.0% /
         79.3%; 0: 49.5% / 77.0% (the pose figure's floor: any standing person scores that
         against B). Half keeps B's pose and scene visibly and lets A's identity through."""
+        n = 1 if np.ndim(noise) == 3 else len(noise)
+        return self._swap_noise(noise, keep, range(int(seed), int(seed) + n))
+
+    def _swap_noise(self, noise: np.ndarray, keep: float, seeds: Sequence[int]) -> np.ndarray:
+        """`swap_noise` with the fresh noises' seeds given, one per noise."""
         if not 0.0 <= float(keep) <= 1.0:
             raise ValueError("keep must lie in 0..1")
         z = np.asarray(noise, np.float32)
         batched = z.ndim == 4
         z = z if batched else z[None]
-        fresh = self.noise([int(seed) + i for i in range(len(z))])
+        fresh = self.noise(list(seeds))
         out = (np.sqrt(keep) * z + np.sqrt(1.0 - keep) * fresh).astype(np.float32)
         return out if batched else out[0]
 
@@ -459,7 +512,24 @@ class ReIDEngine:
         if not isinstance(identity, (int, np.integer, np.ndarray, list, tuple)):
             identity = self.embed([identity])[0]
         inv = photo if isinstance(photo, Inversion) else self.invert(photo, method)
-        return self.generate(identity, noise=self.swap_noise(inv.noise, keep, seed))[0]
+        return self.swap_arrays(self.resolve_identity(identity), inv.noise[None], keep, seed)[0]
+
+    @torch.inference_mode()
+    def swap_arrays(self, identities: np.ndarray, noises: np.ndarray, keep: float = SWAP_KEEP, seed: int = 0,
+                    candidates: int | None = None) -> list[Image.Image]:
+        """`swap` on batches: identities (B, id_dim) on inverted noises (B, 3, H, W), the fresh
+        share seeded seed, seed + 1, ... Below keep 1 each swap is drawn `candidates` times
+        (default: `identity_candidates`) under fresh shares seeded as `generate`'s candidates,
+        and the one Img2ID finds likeliest to be its identity is kept."""
+        ids = np.asarray(identities, np.float32)
+        if ids.ndim != 2 or np.ndim(noises) != 4 or len(ids) != len(noises):
+            raise ValueError("swap_arrays takes as many identities (B, id_dim) as noises (B, 3, H, W)")
+        seeds = [int(seed) + i for i in range(len(noises))]
+        k = 1 if float(keep) >= 1.0 else (self.identity_candidates if candidates is None else int(candidates))
+        if k < 1:
+            raise ValueError("candidates must be at least 1")
+        z = np.stack([self._swap_noise(noises, keep, seeds if j == 0 else candidate_seeds(seeds, j)) for j in range(k)])
+        return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z))]
 
     @torch.inference_mode()
     def sample_identities(self, n: int, seed: int = 0) -> np.ndarray:
@@ -904,22 +974,23 @@ class ReIDEngine:
         but the judge), for caches on disk: gallery features, examples, the page's first results."""
         return self.fingerprint_of("prior", "img2id", "img2noise")
 
-    def fingerprint_of(self, *networks: str) -> str:
+    def fingerprint_of(self, *networks: str, seeded: bool = True) -> str:
         """A short key of the identity table, the generator and the named networks (of
         KEYED_NETWORKS): the preset's fields of the networks not named drop out, so that a cache
-        made from some networks outlives a change to the others."""
+        made from some networks outlives a change to the others. `seeded` false: for what is
+        drawn under given noises only, which best-of-K drawing (`identity_candidates`) leaves alone."""
         unknown = set(networks) - set(KEYED_NETWORKS)
         if unknown:
             raise ValueError(f"not a keyed network: {sorted(unknown)}")
-        key = tuple(n for n in KEYED_NETWORKS if n in networks)
+        key = (*(n for n in KEYED_NETWORKS if n in networks), *(() if seeded else ("unseeded",)))
         if key not in self._fingerprints:
             # the uncertainty head is never keyed: adding it keeps every cache valid
             skip = {f.name for c in [UncertaintyConfig, *(KEYED_NETWORKS[n] for n in KEYED_NETWORKS if n not in key)]
-                    for f in dataclasses.fields(c)}
+                    for f in dataclasses.fields(c)} | (set() if seeded else {"identity_candidates"})
             h = hashlib.sha1(json.dumps({k: v for k, v in dataclasses.asdict(self.preset).items() if k not in skip},
                                         indent=2).encode())
             h.update(np.ascontiguousarray(self.identity_table).tobytes())
-            for name in ("generator", *key):
+            for name in ("generator", *(n for n in key if n in KEYED_NETWORKS)):
                 net = getattr(self, name)
                 if net is None:
                     h.update(f"no {name}".encode())
@@ -933,4 +1004,4 @@ class ReIDEngine:
     def cache_key(self, part: str) -> str:
         """The key of a part precomputed at export (PRECOMPUTED_FROM): the fingerprint of the
         networks it is made from, and of no other."""
-        return self.fingerprint_of(*PRECOMPUTED_FROM[part])
+        return self.fingerprint_of(*PRECOMPUTED_FROM[part], seeded=part in DRAWN_BY_SEED)

@@ -198,14 +198,16 @@ def calibrate_verdict(engine, data, progress: bool = True):
 
 
 def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarray:
-    """uint8 images (len(rows) * len(seeds), H, W, 3) of training identities `rows`, each under
-    noises seeded `row * 1000 + seed`, row-major."""
+    """uint8 images (len(rows) * len(seeds), H, W, 3) of training identities `rows`, each
+    seeded `row * 1000 + seed` (as a user asks for them: drawn `engine.identity_candidates`
+    times where the engine does so), row-major."""
     rows = np.asarray(rows)
     ids = np.repeat(engine.identity_table[rows], len(seeds), 0)
-    noise = np.concatenate([engine.noise([int(r) * 1000 + s for s in seeds]) for r in rows])
+    all_seeds = [int(r) * 1000 + int(s) for r in rows for s in seeds]
+    batch = max(1, batch // engine.identity_candidates)
     out = []
     for i in range(0, len(ids), batch):
-        out.append(np.stack([np.asarray(im) for im in engine.generate(ids[i:i + batch], noise=noise[i:i + batch],
+        out.append(np.stack([np.asarray(im) for im in engine.generate(ids[i:i + batch], seed=all_seeds[i:i + batch],
                                                                      pose=pose)]))
     return np.concatenate(out)
 
@@ -345,7 +347,8 @@ def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), 
             "pixel_std_generated": gen_spread, "pixel_std_real": real_spread,
             "diversity": gen_spread / real_spread if real_groups else float("nan"),
             "judge_accuracy_on_real_train": float(np.mean(classify_images(judge, train.images) == labels)),
-            "guidance_scale": engine.guidance_scale, "seconds": time.perf_counter() - t0}
+            "guidance_scale": engine.guidance_scale, "identity_steer": engine.identity_steer,
+            "identity_candidates": engine.identity_candidates, "seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> None:

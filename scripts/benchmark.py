@@ -115,6 +115,16 @@ def bench_centralization(engine, data, quick: bool) -> dict:
     return out
 
 
+def sampling_setting(c: dict) -> str:
+    """How the consistency figure's pictures were drawn, in words."""
+    words = [f"CFG scale {c['guidance_scale']:g}"]
+    if c.get("identity_steer"):
+        words.append(f"Img2ID steering {c['identity_steer']:g}")
+    if c.get("identity_candidates", 1) > 1:
+        words.append(f"best of {c['identity_candidates']} by Img2ID")
+    return ", ".join(words)
+
+
 def bench_consistency(engine, data, quick: bool) -> dict:
     if engine.baseline is None:
         return {"skipped": "no baseline in these weights"}
@@ -305,8 +315,8 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
         return correct / max(1, considered)
     by_keep, shown = {}, []
     for keep in keeps:
-        z = engine.swap_noise(noise_b, keep, seed=0)
-        out_imgs = np.concatenate([np.stack([np.asarray(im) for im in engine.generate(ids_a[i:i + 64], noise=z[i:i + 64])])
+        out_imgs = np.concatenate([np.stack([np.asarray(im) for im in
+                                             engine.swap_arrays(ids_a[i:i + 64], noise_b[i:i + 64], keep, seed=i)])
                                    for i in range(0, n, 64)])
         judged = classify_images(engine.baseline, out_imgs, device=engine.device)
         by_keep[f"{keep:g}"] = {"judged_as_A": float(np.mean(judged == labels[a])),
@@ -400,7 +410,7 @@ def summary_rows(res: dict) -> list[str]:
     r, c, s = res.get("reid", {}), res.get("consistency", {}), res.get("speed", {})
     if "top1" in c:
         out.append(f"| identity consistency: judge top-1, {c['images_per_identity']} noises x {c['identities']} "
-                   f"training identities (CFG scale {c['guidance_scale']:g}) | {_pct(c['top1'])} | ≥ 80% "
+                   f"training identities ({sampling_setting(c)}) | {_pct(c['top1'])} | ≥ 80% "
                    f"{_mark(c['top1'] >= T['identity_consistency'])} |")
         out.append(f"| diversity: per-pixel std across one identity's noises / across as many real photos of one "
                    f"identity | {c['diversity']:.2f} ({c['pixel_std_generated']:.3f} / {c['pixel_std_real']:.3f}) "
@@ -594,7 +604,8 @@ def report(res: dict, out: Path) -> str:
     if c and "top1" in c:
         L += ["## Generation: identity consistency", "",
               f"The judge (the baseline, trained on real images only, never with or on the generator) names "
-              f"{c['images_per_identity']} generated images (different noises) of each of {c['identities']} "
+              f"{c['images_per_identity']} generated images (different noises; {sampling_setting(c)}) of each "
+              f"of {c['identities']} "
               f"training identities: top-1 **{_pct(c['top1'])}**, top-5 {_pct(c['top5'])}; two noises of one "
               f"identity are named alike {_pct(c['seed_agreement'])} of the time. The judge's own accuracy on the "
               f"real training images: {_pct(c['judge_accuracy_on_real_train'])}.", ""]

@@ -23,6 +23,11 @@ was trained through).
 "scale[,lowest,highest timestep[,blur]]" (the rest from the weights' preset), under the
 preset's classifier-free guidance.
 
+    python scripts/sweep_sampling.py --candidates 1 2 3 4
+
+`--candidates`: how many times each seeded picture is drawn for Img2ID to keep the best
+(`identity_candidates`), under the preset's guidance and steering.
+
 `--swap`: the guidance scale of identity swaps instead (each setting's scale), the figures of
 `benchmark.py --sections swap` on other pairs of training images (seed 1; the benchmark's are seed 0).
 """
@@ -72,6 +77,7 @@ def main() -> None:
                     help="--swap: shares of B's noise kept (engine.swap_noise)")
     ap.add_argument("--sampler", nargs="+", default=["ddim"], choices=SAMPLERS)
     ap.add_argument("--steer", nargs="+", help="sweep identity steering: scale[,lowest,highest[,blur]]")
+    ap.add_argument("--candidates", type=int, nargs="+", help="sweep best-of-K drawing (identity_candidates)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
@@ -84,6 +90,14 @@ def main() -> None:
                 print(json.dumps({"guidance_scale": engine.guidance_scale, "keep": float(keep), **f}), flush=True)
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
+    if a.candidates:
+        for k in a.candidates:
+            engine.identity_candidates = k
+            r = identity_consistency(engine, engine.baseline, a.data, rows=rows, seeds=range(8))
+            print(json.dumps({"identity_candidates": k,
+                              **{f: r[f] for f in ("top1", "top5", "seed_agreement", "diversity", "seconds")}}),
+                  flush=True)
+        return
     if a.steer:
         p = engine.preset  # the weights' own: each setting's missing fields come from it, not the last setting
         for spec in a.steer:

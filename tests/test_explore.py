@@ -264,7 +264,7 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
         return engine.fingerprint, {part: engine.cache_key(part) for part in PRECOMPUTED_FROM}
 
     full, parts = keys()
-    assert len(set(parts.values())) == 3 and full not in parts.values()   # map; portraits = axes; ranking
+    assert len(set(parts.values())) == 4 and full not in parts.values()   # map; portraits; axes; ranking
     expect = {"img2noise": set(), "prior": set(), "baseline": {"slider_ranking"},
               "img2id": {"portraits", "slider_axes", "slider_ranking"}, "generator": set(PRECOMPUTED_FROM), "pose_encoder": set()}
     for change, stale in expect.items():
@@ -283,6 +283,8 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
     engine._fingerprints.clear()
     assert engine.fingerprint_of("prior", "img2id", "img2noise", "pose_encoder") != views
     assert keys(preset={"sample_steps": 3})[1]["portraits"] != parts["portraits"]
+    f, p = keys(preset={"identity_candidates": 3})  # best-of-K drawing: only what is drawn by seed
+    assert f != full and {part for part in parts if p[part] != parts[part]} == {"portraits"}
     with pytest.raises(ValueError, match="keyed"):
         ReIDEngine.from_pretrained(tiny_weights, device="cpu").fingerprint_of("pose")
 

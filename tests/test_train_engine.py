@@ -384,6 +384,50 @@ def test_identity_steering_draws_closer_to_the_identity_and_leaves_pose_views_al
     assert cos(steered).mean() > cos(plain).mean()
 
 
+def test_best_of_k_keeps_each_seeded_pictures_likeliest_candidate(engine):
+    from reid_core.engine import candidate_seeds
+    seeds, k = [0, 1, 2, 3], 3
+    as_arrays = lambda ims: np.stack([np.asarray(im) for im in ims]).astype(int)  # noqa: E731
+    assert engine.identity_candidates == 1
+    picked = as_arrays(engine.generate(3, seed=seeds, candidates=k))
+    drawn = [as_arrays(engine.generate(3, seed=seeds))] + [
+        as_arrays(engine.generate(3, noise=engine.noise(candidate_seeds(seeds, j)))) for j in range(1, k)]
+    drawn = np.stack(drawn)  # (k, len(seeds), H, W, 3)
+    with torch.inference_mode():
+        x = torch.from_numpy(drawn.reshape(-1, *drawn.shape[2:])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        ids = torch.from_numpy(engine.identity_table[[3]]).expand(len(x), -1)
+        likeness = engine.identity_likeness(x, ids).view(k, len(seeds)).numpy()
+    gaps = np.abs(drawn - picked[None]).mean(axis=(2, 3, 4))  # (k, len(seeds))
+    which = gaps.argmin(0)
+    assert (gaps.min(0) < 0.5).all(), "each picture shown is one of its candidates"
+    assert (likeness[which, range(len(seeds))] >= likeness.max(0) - 1e-3).all(), "... the likeliest one"
+    assert len(set(which)) > 1 or which[0] != 0, "the seed's own noise is not always kept"
+    # a picture depends on its seed alone, not on the batch it was asked in; a given noise is drawn once
+    np.testing.assert_allclose(as_arrays(engine.generate(3, seed=[2], candidates=k))[0], picked[2], atol=2)
+    z = engine.noise(7)
+    assert np.array_equal(as_arrays(engine.generate(3, noise=z, candidates=k)), as_arrays(engine.generate(3, noise=z)))
+    engine.identity_candidates = k
+    try:
+        assert np.array_equal(as_arrays(engine.generate(3, seed=seeds)), picked)
+    finally:
+        engine.identity_candidates = 1
+    with pytest.raises(ValueError):
+        engine.generate(3, seed=0, candidates=0)
+    # a swap below keep 1 draws its fresh share as many times; with the whole noise there is one picture
+    noise = engine.noise([11, 12])
+    ids = engine.identity_table[[3, 4]]
+    one = as_arrays(engine.swap_arrays(ids, noise, 0.5, seed=7, candidates=1))
+    many = as_arrays(engine.swap_arrays(ids, noise, 0.5, seed=7, candidates=k))
+    alt = [as_arrays(engine.generate(ids, noise=engine._swap_noise(noise, 0.5, candidate_seeds([7, 8], j))))
+           for j in range(1, k)]
+    for i in range(2):
+        assert min(np.abs(c[i] - many[i]).mean() for c in [one, *alt]) < 0.5
+    assert np.array_equal(as_arrays(engine.swap_arrays(ids, noise, 1.0, candidates=k)),
+                          as_arrays(engine.generate(ids, noise=noise)))
+    assert candidate_seeds([5, 5, 6], 1) == candidate_seeds([5, 5, 6], 1)
+    assert len({*candidate_seeds([5, 6], 1), *candidate_seeds([5, 6], 2), 5, 6}) == 6
+
+
 def test_pose_centralization_is_chosen_on_training_identities(engine, synthetic_market):
     from reid_core.data import load_split
     from reid_core.evaluate import (CENTRALIZE_ETA, VIEW_STEPS, choose_centralization, evaluate_variants,
