@@ -193,7 +193,7 @@ class ReIDEngine:
         self.uncertainty = uncertainty.to(device).eval() if uncertainty is not None else None
         self._pose_library = [np.asarray(k, np.float32) for k in (pose_library or [])]
         self._pose_extractor = None
-        self._fingerprints: dict[tuple[str, ...], str] = {}
+        self._fingerprints: dict[tuple[tuple[str, ...], bool], str] = {}
         self.verdict = None   # a reid_core.retrieval.Verdict: "same person or not" for search hits
         # Pose2ID centralization for search: {"poses": M, "eta": eta, "steps": view DDIM steps}
         self.centralization: dict | None = None
@@ -328,15 +328,13 @@ class ReIDEngine:
         (`best_of`). A picture asked for by `noise` is drawn under that noise only.
         """
         ids = self.resolve_identity(identity)
-        k = 1
+        k, seeds = 1, None
         if noise is None:
             if seed is None:
                 raise ValueError("give a seed or a noise")
             seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
             z = self.noise(seeds)
-            k = self.identity_candidates if candidates is None else int(candidates)
-            if k < 1:
-                raise ValueError("candidates must be at least 1")
+            k = self._candidate_count(candidates)
         else:
             z = np.asarray(noise, dtype=np.float32)
             z = z[None] if z.ndim == 3 else z
@@ -348,12 +346,19 @@ class ReIDEngine:
                 ids = np.repeat(ids, m, 0)
             elif m == 1:
                 z = np.repeat(z, n, 0)
-                seeds = seeds * n if k > 1 else None
+                seeds = seeds * n if seeds is not None else None
             else:
                 raise ValueError(f"{n} identities and {m} noises do not broadcast")
         # the seed's own noise first, then the derived ones
         z = np.stack([z, *(self.noise(candidate_seeds(seeds, j)) for j in range(1, k))])
         return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z, steps, pose, guidance_scale))]
+
+    def _candidate_count(self, candidates: int | None) -> int:
+        """How many times a picture is drawn: `candidates`, else the engine's `identity_candidates`."""
+        k = self.identity_candidates if candidates is None else int(candidates)
+        if k < 1:
+            raise ValueError("candidates must be at least 1")
+        return k
 
     def _draw(self, ids: np.ndarray, noises: np.ndarray, steps: int | None = None, pose=None,
               guidance_scale: float | None = None) -> torch.Tensor:
@@ -525,9 +530,7 @@ class ReIDEngine:
         if ids.ndim != 2 or np.ndim(noises) != 4 or len(ids) != len(noises):
             raise ValueError("swap_arrays takes as many identities (B, id_dim) as noises (B, 3, H, W)")
         seeds = [int(seed) + i for i in range(len(noises))]
-        k = 1 if float(keep) >= 1.0 else (self.identity_candidates if candidates is None else int(candidates))
-        if k < 1:
-            raise ValueError("candidates must be at least 1")
+        k = 1 if float(keep) >= 1.0 else self._candidate_count(candidates)
         z = np.stack([self._swap_noise(noises, keep, seeds if j == 0 else candidate_seeds(seeds, j)) for j in range(k)])
         return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z))]
 
@@ -982,15 +985,15 @@ class ReIDEngine:
         unknown = set(networks) - set(KEYED_NETWORKS)
         if unknown:
             raise ValueError(f"not a keyed network: {sorted(unknown)}")
-        key = (*(n for n in KEYED_NETWORKS if n in networks), *(() if seeded else ("unseeded",)))
-        if key not in self._fingerprints:
+        key = tuple(n for n in KEYED_NETWORKS if n in networks)
+        if (key, seeded) not in self._fingerprints:
             # the uncertainty head is never keyed: adding it keeps every cache valid
             skip = {f.name for c in [UncertaintyConfig, *(KEYED_NETWORKS[n] for n in KEYED_NETWORKS if n not in key)]
                     for f in dataclasses.fields(c)} | (set() if seeded else {"identity_candidates"})
             h = hashlib.sha1(json.dumps({k: v for k, v in dataclasses.asdict(self.preset).items() if k not in skip},
                                         indent=2).encode())
             h.update(np.ascontiguousarray(self.identity_table).tobytes())
-            for name in ("generator", *(n for n in key if n in KEYED_NETWORKS)):
+            for name in ("generator", *key):
                 net = getattr(self, name)
                 if net is None:
                     h.update(f"no {name}".encode())
@@ -998,8 +1001,8 @@ class ReIDEngine:
                 params = list(net.parameters())
                 for p in params[:3] + params[-3:]:
                     h.update(p.detach().float().flatten()[:256].cpu().numpy().tobytes())
-            self._fingerprints[key] = h.hexdigest()[:16]
-        return self._fingerprints[key]
+            self._fingerprints[key, seeded] = h.hexdigest()[:16]
+        return self._fingerprints[key, seeded]
 
     def cache_key(self, part: str) -> str:
         """The key of a part precomputed at export (PRECOMPUTED_FROM): the fingerprint of the
