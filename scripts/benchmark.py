@@ -292,11 +292,12 @@ SWAP_KEEPS = (1.0, SWAP_KEEP, 0.0)  # B's whole noise (the paper's swap), the ap
 
 
 def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
-                 keeps=SWAP_KEEPS) -> tuple[dict, list]:
+                 keeps=SWAP_KEEPS, identities=None) -> tuple[dict, list]:
     """The swap figures on `n` pairs of training images drawn with `seed` (the benchmark's
     pairs: seed 0; choose settings on other seeds) for each share `keeps` of B's noise kept
     (`engine.swap_noise`), and the first 8 (A, B, swap per keep) pictures. The top-level
-    figures are the default keep's (else the first)."""
+    figures are the default keep's (else the first). `identities`: photos (uint8 crops) ->
+    the vectors A is drawn under, instead of Img2ID's (`engine.embed_arrays`)."""
     from reid_core.data import relabel
     from reid_core.models.baseline_net import classify_images
     train = load_split(data, "train", engine.image_size, progress=False)
@@ -305,7 +306,7 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
     rng = np.random.default_rng(seed)
     a = rng.choice(len(labels), n, replace=False)
     b = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in a])
-    ids_a = engine.embed_arrays(crops[a])
+    ids_a = (identities or engine.embed_arrays)(crops[a])
     _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
     refs = [engine.extract_pose(Image.fromarray(train.images[j])) for j in b]
 
@@ -336,6 +337,43 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
     main = f"{SWAP_KEEP:g}" if SWAP_KEEP in keeps else f"{keeps[0]:g}"
     return {"pairs": n, "keep": float(main), **by_keep[main], "by_keep": by_keep,
             "pose_transfer": moved_figures}, rows
+
+
+def bench_swap_unseen(engine, data, quick: bool) -> dict:
+    """Swaps of people the judge never saw, the check the training-pair figure cannot make:
+    test query A's identity on a training photo B's noise (the apps' default keep); the judge's
+    re-ID feature ranks each result against the test gallery (Market protocol, as a query of
+    A's). Beside it the real queries' own Rank-1 / mAP, what a perfect rendering would reach."""
+    if engine.baseline is None:
+        return {"skipped": "no baseline (judge) in these weights"}
+    return unseen_swap_figures(engine, data, 50 if quick else 200, seed=0)
+
+
+def unseen_swap_figures(engine, data, n: int, seed: int, identities=None) -> dict:
+    """`bench_swap_unseen` on `n` test queries drawn with `seed` (the benchmark's: 0);
+    `identities` as in `swap_figures`."""
+    from reid_core.metrics import evaluate_rank, pairwise_distance
+    from reid_core.models.baseline_net import embed_images
+    q = load_split(data, "query", engine.image_size, progress=False)
+    q_crops = load_split(data, "query", engine.embed_size, progress=False).images
+    g = load_split(data, "gallery", engine.image_size, progress=False)
+    train = load_split(data, "train", engine.image_size, progress=False)
+    crops = load_split(data, "train", engine.embed_size, progress=False).images
+    rng = np.random.default_rng(seed)
+    a = rng.choice(len(q.pids), n, replace=False)
+    b = rng.choice(len(train.pids), n, replace=False)
+    ids_a = (identities or engine.embed_arrays)(q_crops[a])
+    _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
+    swapped = np.concatenate([np.stack([np.asarray(im) for im in
+                                        engine.swap_arrays(ids_a[i:i + 64], noise_b[i:i + 64], SWAP_KEEP, seed=i)])
+                              for i in range(0, n, 64)])
+    gallery = embed_images(engine.baseline, g.images)
+
+    def ranked(images) -> dict:
+        d = pairwise_distance(embed_images(engine.baseline, images), gallery, "cosine")
+        cmc, m_ap = evaluate_rank(d, q.pids[a], g.pids, q.camids[a], g.camids)
+        return {"rank1": float(cmc[0]), "mAP": float(m_ap)}
+    return {"queries": n, "keep": SWAP_KEEP, "swapped": ranked(swapped), "real": ranked(q.images[a])}
 
 
 def pictures(engine, data, img_dir: Path) -> dict:
@@ -712,6 +750,12 @@ def report(res: dict, out: Path) -> str:
                   + (f" (B's whole noise: {_pct(whole['pose_pck02_vs_B'])}; none of it, the floor any standing "
                      f"person scores: {_pct(none['pose_pck02_vs_B'])})" if whole and none else "")
                   + f" | ≥ 60% {_mark(sw['pose_pck02_vs_B'] >= 0.6)} |"]
+            u = res.get("swap_unseen") or {}
+            if "swapped" in u:
+                L += [f"| swap of people the judge never saw: test query A on training photo B's noise ({u['queries']} "
+                      f"queries, {u['keep']:.0%} kept), the judge's Rank-1 / mAP of the result against the test gallery "
+                      f"| {_pct(u['swapped']['rank1'])} / {_pct(u['swapped']['mAP'])} (the real queries: "
+                      f"{_pct(u['real']['rank1'])} / {_pct(u['real']['mAP'])}) | (no target) |"]
             t = sw.get("pose_transfer") or {}
             if t:
                 L += [f"| pose transfer GEN_pose(Img2ID(A), pose(B), new noise) judged as A / PCK@0.2 vs B's pose "
@@ -765,7 +809,7 @@ def main() -> None:
                     help="keep the sections of the existing benchmarks.json that this run does not measure")
     ap.add_argument("--sections", nargs="+",
                     default=["reid", "retrieval", "centralization", "consistency", "inversion", "speed", "pose", "sliders", "swap",
-                             "pictures"])
+                             "swap_unseen", "pictures"])
     a = ap.parse_args()
     if a.report_only:
         res = json.loads((a.out / "benchmarks.json").read_text())
@@ -788,6 +832,7 @@ def main() -> None:
              "pose": lambda: bench_pose(engine, a.data, a.quick),
              "sliders": lambda: bench_sliders(engine, a.out / "img", a.quick),
              "swap": lambda: bench_swap(engine, a.data, a.out / "img", a.quick),
+             "swap_unseen": lambda: bench_swap_unseen(engine, a.data, a.quick),
              "pictures": lambda: pictures(engine, a.data, a.out / "img")}
     res["commands"] = {name: res["command"] for name in a.sections}
     if a.merge and (a.out / "benchmarks.json").exists():

@@ -28,8 +28,16 @@ preset's classifier-free guidance.
 `--candidates`: how many times each seeded picture is drawn for Img2ID to keep the best
 (`identity_candidates`), under the preset's guidance and steering.
 
-`--swap`: the guidance scale of identity swaps instead (each setting's scale), the figures of
-`benchmark.py --sections swap` on other pairs of training images (seed 1; the benchmark's are seed 0).
+`--swap`: the guidance scale of identity swaps instead (each setting "scale[,steer]": steer is
+`identity_steer`, default the preset's), the figures of `benchmark.py --sections swap` on other
+pairs of training images (seed 1; the benchmark's are seed 0).
+
+    python scripts/sweep_sampling.py --swap --condition img2id dcac --keep 0.5 --unseen
+
+`--condition`: what photo A is drawn under: Img2ID's vector f (the engine's) or DCAC's
+correlation-aware condition c = softmax(logits / tau) . rows (`--tau`, default the preset's
+`dcac_tau`), which the joint stage trains the generator on for half the samples. `--unseen`: also
+`benchmark.py --sections swap_unseen`'s figure (test queries as A) on other queries (seed 1).
 """
 from __future__ import annotations
 
@@ -64,6 +72,20 @@ def scheduler_factory(kind: str):
     return make
 
 
+def dcac_identities(engine, tau: float | None = None):
+    """Photos (uint8 crops) -> DCAC's condition c = softmax(logits / tau) . rows of their Img2ID
+    vectors (`training.joint.dcac_condition`, the logits as the joint stage makes them)."""
+    from reid_core.losses import prototype_logits
+    from reid_core.training.joint import dcac_condition
+    table = torch.from_numpy(engine.identity_table)
+    tau = engine.preset.dcac_tau if tau is None else tau
+
+    def identities(crops: np.ndarray) -> np.ndarray:
+        f = torch.from_numpy(engine.embed_arrays(crops))
+        return dcac_condition(prototype_logits(f, table, engine.preset.proto_scale), table, tau).numpy()
+    return identities
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default="weights")
@@ -75,6 +97,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=200, help="--swap: pairs of training images")
     ap.add_argument("--keep", type=float, nargs="+", default=[1.0],
                     help="--swap: shares of B's noise kept (engine.swap_noise)")
+    ap.add_argument("--condition", nargs="+", default=["img2id"], choices=("img2id", "dcac"),
+                    help="--swap: what photo A is drawn under")
+    ap.add_argument("--tau", type=float, help="--condition dcac: its temperature (default: the preset's dcac_tau)")
+    ap.add_argument("--unseen", action="store_true", help="--swap: also the unseen people's figure (test queries)")
     ap.add_argument("--sampler", nargs="+", default=["ddim"], choices=SAMPLERS)
     ap.add_argument("--steer", nargs="+", help="sweep identity steering: scale[,lowest,highest[,blur]]")
     ap.add_argument("--candidates", type=int, nargs="+", help="sweep best-of-K drawing (identity_candidates)")
@@ -82,12 +108,23 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     engine = ReIDEngine.from_pretrained(a.weights, device="cpu")
     if a.swap:
-        from benchmark import swap_figures  # scripts/benchmark.py
-        for spec in a.settings:
-            engine.guidance_scale = float(spec.split(",")[0])
-            r, _ = swap_figures(engine, a.data, a.pairs, seed=1, transfer=False, keeps=tuple(a.keep))
-            for keep, f in r["by_keep"].items():
-                print(json.dumps({"guidance_scale": engine.guidance_scale, "keep": float(keep), **f}), flush=True)
+        from benchmark import swap_figures, unseen_swap_figures  # scripts/benchmark.py
+        steer = engine.identity_steer
+        for condition in a.condition:
+            identities = None if condition == "img2id" else dcac_identities(engine, a.tau)
+            for spec in a.settings:
+                values = list(map(float, spec.split(",")))
+                engine.guidance_scale = values[0]
+                engine.identity_steer = values[1] if len(values) > 1 else steer
+                setting = {"condition": condition, "guidance_scale": engine.guidance_scale,
+                           "identity_steer": engine.identity_steer}
+                r, _ = swap_figures(engine, a.data, a.pairs, seed=1, transfer=False, keeps=tuple(a.keep),
+                                    identities=identities)
+                for keep, f in r["by_keep"].items():
+                    print(json.dumps({**setting, "keep": float(keep), **f}), flush=True)
+                if a.unseen:
+                    u = unseen_swap_figures(engine, a.data, a.pairs, seed=1, identities=identities)
+                    print(json.dumps({**setting, "unseen": u}), flush=True)
         return
     rows = np.linspace(0, engine.num_identities - 1, a.identities).astype(int)
     if a.candidates:
