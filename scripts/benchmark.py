@@ -291,6 +291,12 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
 SWAP_KEEPS = (1.0, SWAP_KEEP, 0.0)  # B's whole noise (the paper's swap), the apps' default, none of it
 
 
+def swapped_images(engine, identities: np.ndarray, noises: np.ndarray, keep: float) -> np.ndarray:
+    """`engine.swap_arrays` in batches of 64 (fresh shares seeded by position) -> uint8 (N, H, W, 3)."""
+    return np.concatenate([np.stack([np.asarray(im) for im in engine.swap_arrays(
+        identities[i:i + 64], noises[i:i + 64], keep, seed=i)]) for i in range(0, len(noises), 64)])
+
+
 def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
                  keeps=SWAP_KEEPS, identities=None) -> tuple[dict, list]:
     """The swap figures on `n` pairs of training images drawn with `seed` (the benchmark's
@@ -316,9 +322,7 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
         return correct / max(1, considered)
     by_keep, shown = {}, []
     for keep in keeps:
-        out_imgs = np.concatenate([np.stack([np.asarray(im) for im in
-                                             engine.swap_arrays(ids_a[i:i + 64], noise_b[i:i + 64], keep, seed=i)])
-                                   for i in range(0, n, 64)])
+        out_imgs = swapped_images(engine, ids_a, noise_b, keep)
         judged = classify_images(engine.baseline, out_imgs, device=engine.device)
         by_keep[f"{keep:g}"] = {"judged_as_A": float(np.mean(judged == labels[a])),
                                 "judged_as_B": float(np.mean(judged == labels[b])),
@@ -364,9 +368,7 @@ def unseen_swap_figures(engine, data, n: int, seed: int, identities=None) -> dic
     b = rng.choice(len(train.pids), n, replace=False)
     ids_a = (identities or engine.embed_arrays)(q_crops[a])
     _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
-    swapped = np.concatenate([np.stack([np.asarray(im) for im in
-                                        engine.swap_arrays(ids_a[i:i + 64], noise_b[i:i + 64], SWAP_KEEP, seed=i)])
-                              for i in range(0, n, 64)])
+    swapped = swapped_images(engine, ids_a, noise_b, SWAP_KEEP)
     gallery = embed_images(engine.baseline, g.images)
 
     def ranked(images) -> dict:
