@@ -125,7 +125,11 @@ def choose_identity(engine, source: str, index=0, prior_seed=0, photo=None) -> t
         if photo is None:
             raise ValueError("Upload a photo first (or click one of the example photos), "
                              "or choose another identity source.")
-        return engine.embed([photo])[0], "the identity of the uploaded photo (Img2ID)"
+        vector, known = engine.photo_identity(photo)
+        if known is not None:
+            return vector, (f"the person of the uploaded photo, recognised as training identity #{known} "
+                            f"(dataset pid {engine.identity_pids[known]}) and drawn under their learned identity")
+        return vector, "the identity of the uploaded photo (Img2ID)"
     raise ValueError(f"identity source must be one of {', '.join(IDENTITY_SOURCES)}")
 
 

@@ -200,6 +200,7 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
     identity_steer_window: tuple[int, int] = (399, 799)  # ... on the steps whose timestep lies here
     identity_steer_blur: float = 1.0                 # ... its gradient low-passed by a Gaussian of so many pixels
     identity_candidates: int = 1                     # seeded pictures drawn this many times, Img2ID keeps the best
+    known_identity_cos: float = 0.0                  # a photo this close (cosine) to a row is drawn as that training person (0: never)
     checkpoint_every: int = 500
     snapshot_every: int = 0                          # weights kept for the time-to-quality curve (0: none)
 
@@ -219,6 +220,8 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
         if self.identity_candidates < 1:
             raise ValueError(f"identity_candidates counts pictures drawn per picture shown, at least 1, "
                              f"got {self.identity_candidates}")
+        if not 0.0 <= self.known_identity_cos <= 1.0:
+            raise ValueError(f"known_identity_cos is a cosine in 0..1 (0: never), got {self.known_identity_cos}")
         if self.identity_steer < 0 or self.identity_steer_blur < 0:
             raise ValueError("identity_steer and identity_steer_blur cannot be negative")
         if len(self.identity_steer_window) != 2 or self.identity_steer_window[0] > self.identity_steer_window[1]:
@@ -283,7 +286,7 @@ PRESETS: dict[str, Preset] = {
         name="cpu", recipe="joint", id_dim=256, conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
         gen_lr=1e-3, gen_warmup=100, prediction_type="v_prediction", identity_map_levels=1,
         identity_map_channels=16, identity_dropout=0.1, guidance_scale=3.0, guidance_steps=10, guidance_start=2,
-        identity_steer=0.3, identity_candidates=3, table_lr=1e-3,
+        identity_steer=0.3, identity_candidates=3, known_identity_cos=0.4, table_lr=1e-3,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
         snapshot_every=500, **_CPU),
     "paper_cpu": Preset(

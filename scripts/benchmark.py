@@ -278,10 +278,17 @@ def bench_swap(engine, data, img_dir: Path, quick: bool) -> dict:
     """Identity swap (paper Sec. 7, issue 10): GEN(Img2ID(A), Img2Noise(B)) for training images
     A, B of different people; judged as A by the baseline; B's pose kept (PCK@0.2 between the
     poses extracted from the result and from B). With B's whole noise (keep 1, the paper's),
-    the apps' default share of it (SWAP_KEEP) and none of it (keep 0: the pose figure's floor)."""
+    the apps' default share of it (SWAP_KEEP) and none of it (keep 0: the pose figure's floor).
+    A is drawn as the engine draws a photo's person (`photo_identities`: a person it trained on
+    under their row); beside it, the same pairs drawn under Img2ID's vector of photo A alone,
+    which is how a person the studio never saw is drawn."""
     if engine.baseline is None:
         return {"skipped": "no baseline (judge) in these weights"}
-    out, rows = swap_figures(engine, data, 50 if quick else 200, seed=0)
+    n = 50 if quick else 200
+    out, rows = swap_figures(engine, data, n, seed=0)
+    vector, _ = swap_figures(engine, data, n, seed=0, transfer=False, keeps=(SWAP_KEEP,),
+                             identities=engine.embed_arrays)
+    out["from_photo_vector"] = {k: vector[k] for k in ("judged_as_A", "judged_as_B", "pose_pck02_vs_B")}
     img_dir.mkdir(parents=True, exist_ok=True)
     grid([list(col) for col in zip(*rows)],
          labels=["A (identity)", "B (noise)", *(f"keep {k:g}" for k in SWAP_KEEPS)]).save(img_dir / "swap.png")
@@ -303,7 +310,7 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
     pairs: seed 0; choose settings on other seeds) for each share `keeps` of B's noise kept
     (`engine.swap_noise`), and the first 8 (A, B, swap per keep) pictures. The top-level
     figures are the default keep's (else the first). `identities`: photos (uint8 crops) ->
-    the vectors A is drawn under, instead of Img2ID's (`engine.embed_arrays`)."""
+    the vectors A is drawn under, instead of the engine's (`engine.photo_identities`)."""
     from reid_core.data import relabel
     from reid_core.models.baseline_net import classify_images
     train = load_split(data, "train", engine.image_size, progress=False)
@@ -312,7 +319,8 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
     rng = np.random.default_rng(seed)
     a = rng.choice(len(labels), n, replace=False)
     b = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in a])
-    ids_a = (identities or engine.embed_arrays)(crops[a])
+    ids_a = (identities or (lambda c: engine.photo_identities(c)[0]))(crops[a])
+    known = float(np.mean(engine.known_identities(engine.embed_arrays(crops[a])) == labels[a]))
     _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
     refs = [engine.extract_pose(Image.fromarray(train.images[j])) for j in b]
 
@@ -339,7 +347,7 @@ def swap_figures(engine, data, n: int, seed: int, transfer: bool = True,
     rows = [[Image.fromarray(train.images[i]), Image.fromarray(train.images[j]),
              *(Image.fromarray(s[r]) for s in shown)] for r, (i, j) in enumerate(list(zip(a, b))[:8])]
     main = f"{SWAP_KEEP:g}" if SWAP_KEEP in keeps else f"{keeps[0]:g}"
-    return {"pairs": n, "keep": float(main), **by_keep[main], "by_keep": by_keep,
+    return {"pairs": n, "keep": float(main), **by_keep[main], "by_keep": by_keep, "A_recognised": known,
             "pose_transfer": moved_figures}, rows
 
 
@@ -366,7 +374,8 @@ def unseen_swap_figures(engine, data, n: int, seed: int, identities=None) -> dic
     rng = np.random.default_rng(seed)
     a = rng.choice(len(q.pids), n, replace=False)
     b = rng.choice(len(train.pids), n, replace=False)
-    ids_a = (identities or engine.embed_arrays)(q_crops[a])
+    ids_a = (identities or (lambda c: engine.photo_identities(c)[0]))(q_crops[a])
+    taken = float(np.mean(engine.known_identities(engine.embed_arrays(q_crops[a])) >= 0))
     _, _, noise_b = engine.reconstruct_arrays(train.images[b], "img2noise", crops_u8=crops[b])
     swapped = swapped_images(engine, ids_a, noise_b, SWAP_KEEP)
     gallery = embed_images(engine.baseline, g.images)
@@ -375,7 +384,8 @@ def unseen_swap_figures(engine, data, n: int, seed: int, identities=None) -> dic
         d = pairwise_distance(embed_images(engine.baseline, images), gallery, "cosine")
         cmc, m_ap = evaluate_rank(d, q.pids[a], g.pids, q.camids[a], g.camids)
         return {"rank1": float(cmc[0]), "mAP": float(m_ap)}
-    return {"queries": n, "keep": SWAP_KEEP, "swapped": ranked(swapped), "real": ranked(q.images[a])}
+    return {"queries": n, "keep": SWAP_KEEP, "taken_for_training_people": taken, "swapped": ranked(swapped),
+            "real": ranked(q.images[a])}
 
 
 def pictures(engine, data, img_dir: Path) -> dict:
@@ -747,6 +757,10 @@ def report(res: dict, out: Path) -> str:
                   f"{keep:.0%} of B's noise kept, the apps' default; as B: {_pct(sw['judged_as_B'])}) | "
                   f"{_pct(sw['judged_as_A'])}" + (f" (B's whole noise: {_pct(whole['judged_as_A'])}; none of it: "
                                                   f"{_pct(none['judged_as_A'])})" if whole and none else "")
+                  + (f"; A recognised as its training person and drawn under their row for "
+                     f"{_pct(sw['A_recognised'])} of the pairs" if "A_recognised" in sw else "")
+                  + (f"; drawn under Img2ID's vector of photo A instead, as a person never trained on is: "
+                     f"{_pct(sw['from_photo_vector']['judged_as_A'])}" if "from_photo_vector" in sw else "")
                   + f" | ≥ 60% {_mark(sw['judged_as_A'] >= 0.6)} |",
                   f"| swap: PCK@0.2 of the result's pose vs B's | {_pct(sw['pose_pck02_vs_B'])}"
                   + (f" (B's whole noise: {_pct(whole['pose_pck02_vs_B'])}; none of it, the floor any standing "
@@ -757,7 +771,9 @@ def report(res: dict, out: Path) -> str:
                 L += [f"| swap of people the judge never saw: test query A on training photo B's noise ({u['queries']} "
                       f"queries, {u['keep']:.0%} kept), the judge's Rank-1 / mAP of the result against the test gallery "
                       f"| {_pct(u['swapped']['rank1'])} / {_pct(u['swapped']['mAP'])} (the real queries: "
-                      f"{_pct(u['real']['rank1'])} / {_pct(u['real']['mAP'])}) | (no target) |"]
+                      f"{_pct(u['real']['rank1'])} / {_pct(u['real']['mAP'])})"
+                      + (f"; {_pct(u['taken_for_training_people'])} of the queries taken for a training person"
+                         if "taken_for_training_people" in u else "") + " | (no target) |"]
             t = sw.get("pose_transfer") or {}
             if t:
                 L += [f"| pose transfer GEN_pose(Img2ID(A), pose(B), new noise) judged as A / PCK@0.2 vs B's pose "

@@ -34,7 +34,8 @@ pairs of training images (seed 1; the benchmark's are seed 0).
 
     python scripts/sweep_sampling.py --swap --condition img2id dcac --keep 0.5 --unseen
 
-`--condition`: what photo A is drawn under: Img2ID's vector f (the engine's) or DCAC's
+`--condition`: what photo A is drawn under: the engine's (`photo_identities`: a person it trained
+on under their row, anyone else under Img2ID's vector f), Img2ID's vector f always, or DCAC's
 correlation-aware condition c = softmax(logits / tau) . rows (`--tau`, default the preset's
 `dcac_tau`), which the joint stage trains the generator on for half the samples. `--unseen`: also
 `benchmark.py --sections swap_unseen`'s figure (test queries as A) on other queries (seed 1).
@@ -97,7 +98,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=200, help="--swap: pairs of training images")
     ap.add_argument("--keep", type=float, nargs="+", default=[1.0],
                     help="--swap: shares of B's noise kept (engine.swap_noise)")
-    ap.add_argument("--condition", nargs="+", default=["img2id"], choices=("img2id", "dcac"),
+    ap.add_argument("--condition", nargs="+", default=["engine"], choices=("engine", "img2id", "dcac"),
                     help="--swap: what photo A is drawn under")
     ap.add_argument("--tau", type=float, help="--condition dcac: its temperature (default: the preset's dcac_tau)")
     ap.add_argument("--unseen", action="store_true", help="--swap: also the unseen people's figure (test queries)")
@@ -111,7 +112,8 @@ def main() -> None:
         from benchmark import swap_figures, unseen_swap_figures  # scripts/benchmark.py
         steer = engine.identity_steer
         for condition in a.condition:
-            identities = None if condition == "img2id" else dcac_identities(engine, a.tau)
+            identities = dcac_identities(engine, a.tau) if condition == "dcac" else \
+                {"engine": None, "img2id": engine.embed_arrays}[condition]
             for spec in a.settings:
                 values = list(map(float, spec.split(",")))
                 engine.guidance_scale = values[0]

@@ -22,7 +22,7 @@ def test_components_partition_the_preset():
     assert len(own) == len(set(own)), "a field belongs to one component"
     shared = {"name", "recipe", "image_size", "id_dim", "seed", "sample_steps", "guidance_scale", "guidance_steps",
               "guidance_start", "guidance_every", "identity_steer", "identity_steer_window", "identity_steer_blur",
-              "identity_candidates",
+              "identity_candidates", "known_identity_cos",
               "checkpoint_every", "snapshot_every"}
     assert set(own) | shared == {f.name for f in dataclasses.fields(Preset)} and not set(own) & shared
 

@@ -62,3 +62,21 @@ def test_tiny_on_20_real_identities(real_subset, tmp_path):
     assert 0 <= res["rank1"] <= res["rank5"] <= res["rank10"] <= 1 and 0 < res["mAP"] <= 1
     base = evaluate(engine, real_subset, model="baseline", progress=False)
     assert base["metric"] == "cosine" and 0 < base["mAP"] <= 1
+
+
+def test_the_shipped_weights_recognise_their_training_people_and_no_one_else(shared_data):
+    """A photo of a person the shipped generator trained on is drawn under their row, anyone
+    else under Img2ID's vector (`photo_identities`): the threshold must tell the two apart."""
+    from pathlib import Path
+
+    from reid_core.data import relabel
+    engine = ReIDEngine.from_pretrained(Path(__file__).resolve().parents[1] / "weights", device="cpu")
+    assert engine.preset.known_identity_cos > 0
+    train_split = load_split(shared_data, "train", engine.embed_size, progress=False)
+    labels, _ = relabel(train_split.pids)
+    pick = np.random.default_rng(0).choice(len(labels), 300, replace=False)
+    vectors, known = engine.photo_identities(train_split.images[pick])
+    assert np.mean(known == labels[pick]) >= 0.98
+    np.testing.assert_array_equal(vectors[known >= 0], engine.identity_table[known[known >= 0]])
+    strangers = load_split(shared_data, "query", engine.embed_size, progress=False).images
+    assert np.mean(engine.known_identities(engine.embed_arrays(strangers)) >= 0) <= 0.02

@@ -333,6 +333,39 @@ def test_swap_renders_an_identity_on_a_photos_noise(engine, synthetic_market):
     np.testing.assert_array_equal(np.asarray(engine.generate(3, noise=noise)[0]), by_row)
 
 
+def test_a_photo_of_a_trained_person_is_drawn_under_their_row(engine, synthetic_market):
+    import dataclasses
+    photos = sorted((synthetic_market / "bounding_box_train").glob("*.jpg"))[:12]
+    crops = np.stack([engine.prepare(p, engine.embed_size) for p in photos])
+    f = engine.embed_arrays(crops)
+    cos = f @ (engine.identity_table / np.linalg.norm(engine.identity_table, axis=1, keepdims=True)).T
+    shipped = engine.preset
+    try:
+        assert (engine.known_identities(f) == -1).all()       # the tiny preset recognises no one
+        vectors, known = engine.photo_identities(crops)
+        np.testing.assert_array_equal(vectors, f)
+        cut = float(np.median(cos.max(1)))                      # half of the photos are "known"
+        engine.preset = dataclasses.replace(shipped, known_identity_cos=cut)
+        vectors, known = engine.photo_identities(crops)
+        sure = cos.max(1) >= cut
+        assert 0 < sure.sum() < len(photos)
+        np.testing.assert_array_equal(known, np.where(sure, cos.argmax(1), -1))
+        np.testing.assert_array_equal(vectors[sure], engine.identity_table[cos.argmax(1)[sure]])
+        np.testing.assert_array_equal(vectors[~sure], f[~sure])
+        one = int(np.flatnonzero(sure)[0])
+        v, k = engine.photo_identity(photos[one])
+        assert k == known[one]
+        np.testing.assert_array_equal(v, vectors[one])
+        # a swap given a photo draws that photo's person
+        noise = engine.invert(photos[0]).noise
+        np.testing.assert_array_equal(np.asarray(engine.swap(photos[one], engine.invert(photos[0]), keep=1.0)),
+                                      np.asarray(engine.generate(int(k), noise=noise)[0]))
+        with pytest.raises(ValueError, match="known_identity_cos"):
+            dataclasses.replace(shipped, known_identity_cos=1.5)
+    finally:
+        engine.preset = shipped
+
+
 def test_evaluate_reports_each_retrieval_variant(engine, synthetic_market):
     from reid_core.data import load_split
     from reid_core.evaluate import POST, evaluate, evaluate_variants
