@@ -22,7 +22,6 @@ DEFAULT_WEIGHTS = "weights"
 
 TRAINING, PRIOR, PHOTO = "Training identity", "New identity (prior)", "From a photo"
 IDENTITY_SOURCES = (TRAINING, PRIOR, PHOTO)
-SWAP_SOURCES = (TRAINING, PRIOR)
 SWAP_KEEP_LABEL = "How much of the photo's noise to keep (1: all, its colours win; 0: none, a fresh pose)"
 METHODS = INVERSION_METHODS
 METHODS_HELP = ("img2noise: the trained network (one pass); refined: its noise after "

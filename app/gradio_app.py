@@ -27,7 +27,7 @@ from reid_core.engine import SWAP_KEEP, Certainty, Inversion
 from reid_core.explore import IdentityMap, grid, noise_to_image, slider_ranges, upscale
 
 from . import common
-from .common import IDENTITY_SOURCES, METHODS, METHODS_HELP, SWAP_KEEP_LABEL, SWAP_SOURCES, TRAINING
+from .common import IDENTITY_SOURCES, METHODS, METHODS_HELP, SWAP_KEEP_LABEL, TRAINING
 
 TITLE = "Generative person re-identification"
 CONCURRENCY = 2  # simultaneous model calls: one per core of a 2-core CPU
@@ -271,14 +271,13 @@ class ReIDApp:
                 upscale(noise_to_image(inv.noise), self.scale), fig, caption)
 
     @_plain_errors
-    def swap(self, photo, method: str, source: str, index, prior_seed, keep=SWAP_KEEP):
-        """Another identity rendered on this photo's noise -> (sheet: input | reconstruction | swap, caption)."""
+    def swap(self, photo, method: str, source: str, index, prior_seed, keep=SWAP_KEEP, identity_photo=None):
+        """Another identity (a training row, a prior sample, or the person of `identity_photo`)
+        rendered on this photo's noise -> (sheet: input | reconstruction | swap, caption)."""
         _need_photo(photo)
-        if source not in SWAP_SOURCES:
-            raise ValueError(f"swap identity must be one of {', '.join(SWAP_SOURCES)}")
         keep = float(SWAP_KEEP if keep is None else keep)
+        vector, what = common.choose_identity(self.engine, source, index, prior_seed, identity_photo)
         inv = self._inversion(photo, method)
-        vector, what = common.choose_identity(self.engine, source, index, prior_seed)
         swapped = self.engine.swap(vector, inv, keep=keep)
         sheet = grid([inv.input, inv.reconstruction, swapped], cols=3, scale=self.scale)
         return sheet, (f"left: the photo · middle: its reconstruction · right: **{what}** on the photo's noise "
@@ -507,10 +506,9 @@ class ReIDApp:
 
 
 # ---------------------------------------------------------------- layout
-def _identity_picker(engine, prefix: str, with_photo: bool = True):
-    """Radio + index + prior seed (+ photo) controls; returns the components."""
-    choices = list(IDENTITY_SOURCES if with_photo else SWAP_SOURCES)
-    source = gr.Radio(choices, value=TRAINING, label="Identity", elem_id=f"{prefix}-source")
+def _identity_picker(engine, prefix: str):
+    """Radio + index + prior seed controls; returns the components."""
+    source = gr.Radio(list(IDENTITY_SOURCES), value=TRAINING, label="Identity", elem_id=f"{prefix}-source")
     with gr.Row():
         index = gr.Number(value=0, precision=0, minimum=0, maximum=engine.num_identities - 1,
                           label=f"Training identity index (0-{engine.num_identities - 1})", elem_id=f"{prefix}-index")
@@ -600,11 +598,14 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
             with gr.Accordion("Swap: another identity on this photo's noise", open=True):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        s_source = gr.Radio(list(SWAP_SOURCES), value=TRAINING, label="Identity to put on the noise")
+                        s_source = gr.Radio(list(IDENTITY_SOURCES), value=TRAINING, label="Identity to put on the noise",
+                                            elem_id="swap-source")
                         with gr.Row():
                             s_index = gr.Number(value=1, precision=0, minimum=0,
                                                 maximum=engine.num_identities - 1, label="Training identity index")
                             s_prior = gr.Number(value=0, precision=0, minimum=0, label="Prior seed")
+                        s_photo = photo_input(label="Photo of the person to put on it (for 'From a photo')",
+                                              height=200, elem_id="swap-photo")
                         s_keep = gr.Slider(0.0, 1.0, value=SWAP_KEEP, step=0.05, label=SWAP_KEEP_LABEL)
                         s_btn = gr.Button("Swap identity", elem_id="swap-btn")
                     with gr.Column(scale=2):
@@ -613,7 +614,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                         s_caption = gr.Markdown()
             i_btn.click(app.invert, [i_photo, i_method], [i_input, i_rec, i_noise, i_plot, i_caption],
                         api_name="invert", **MODEL)
-            s_btn.click(app.swap, [i_photo, i_method, s_source, s_index, s_prior, s_keep], [s_out, s_caption],
+            s_btn.click(app.swap, [i_photo, i_method, s_source, s_index, s_prior, s_keep, s_photo], [s_out, s_caption],
                         api_name="swap", **MODEL)
 
         # ---------------------------------------------------------- Latent sliders

@@ -18,7 +18,7 @@ from PIL import Image
 
 from app import common
 from app.streamlit_server import fix_streamlit_gzip
-from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, METHODS_HELP, PHOTO, SWAP_KEEP_LABEL, SWAP_SOURCES
+from app.common import BAD_IMAGE, IDENTITY_SOURCES, METHODS, METHODS_HELP, PHOTO, SWAP_KEEP_LABEL
 from reid_core.data import DatasetError, ImageError
 from reid_core.engine import SWAP_KEEP, ReIDEngine, WeightsError
 from reid_core.explore import grid, noise_to_image, slider_ranges, upscale
@@ -85,10 +85,9 @@ def photo_picker(engine, key: str, label: str = "Photo of a person"):
     return photo
 
 
-def identity_controls(engine, key: str, with_photo: bool = True):
+def identity_controls(engine, key: str):
     """Identity source, index, prior seed, photo -> (vector, description) or raises ValueError."""
-    sources = list(IDENTITY_SOURCES if with_photo else SWAP_SOURCES)
-    source = st.radio("Identity", sources, horizontal=True, key=f"{key}-source")
+    source = st.radio("Identity", list(IDENTITY_SOURCES), horizontal=True, key=f"{key}-source")
     c1, c2 = st.columns(2)
     index = c1.number_input(f"Training identity index (0-{engine.num_identities - 1})", 0,
                             engine.num_identities - 1, 0, key=f"{key}-index")
@@ -173,12 +172,12 @@ def tab_invert(engine, scale):
         with st.expander("Swap: another identity on this photo's noise", expanded=True):
             c1, c2 = st.columns([1, 2])
             with c1:
-                source, index, prior_seed, _ = identity_controls(engine, "swap", with_photo=False)
+                source, index, prior_seed, photo_a = identity_controls(engine, "swap")
                 keep = st.slider(SWAP_KEEP_LABEL, 0.0, 1.0, SWAP_KEEP, 0.05, key="swap-keep")
                 go_swap = st.button("Swap identity", key="swap-btn")
             if go_swap:
                 try:
-                    vector, what = common.choose_identity(engine, source, index, prior_seed)
+                    vector, what = common.choose_identity(engine, source, index, prior_seed, photo_a)
                     swapped = engine.swap(vector, inv, keep=keep)
                     show_images(c2, grid([inv.input, inv.reconstruction, swapped], cols=3, scale=1, pad=1),
                                 f"photo · reconstruction · {what} on the photo's noise ({keep:.0%} of it kept)", scale)

@@ -140,6 +140,17 @@ def test_invert(app, engine, photo, method):
     assert "#1" in scap2
 
 
+def test_swap_puts_the_person_of_another_photo_on_this_photos_noise(app, engine, photo, synthetic_market):
+    other = str(sorted((synthetic_market / "query").glob("*.jpg"))[5])
+    sheet, cap = app.swap(photo, "img2noise", PHOTO, 0, 0, 0.5, other)
+    assert "uploaded photo" in cap
+    inv = app._inversion(photo, "img2noise")
+    expected = common.grid([inv.input, inv.reconstruction, engine.swap(other, inv, keep=0.5)], cols=3, scale=app.scale)
+    np.testing.assert_array_equal(np.asarray(sheet), np.asarray(expected))
+    with pytest.raises(gr.Error, match="Upload a photo"):
+        app.swap(photo, "img2noise", PHOTO, 0, 0, 0.5, None)
+
+
 def test_invert_and_swap_errors(app, photo):
     with pytest.raises(gr.Error, match="Upload a photo"):
         app.invert(None, "img2noise")

@@ -180,6 +180,11 @@ def test_every_tab(app_under_test, browser, tmp_path):
     assert _images_loaded(d, "#inv-noise img") == 1 and _images_loaded(d, "#inv-rec img") == 1
     _click(d, "swap-btn")
     _wait(d, lambda d: "on the photo's noise" in d.page_source, 60, "the swap")
+    _upload(d, "swap-photo", query)    # the person of a photo on the inverted photo's noise
+    d.find_element(By.XPATH, "//*[@id='swap-source']//label[contains(., 'From a photo')]").click()
+    _click(d, "swap-btn")
+    _wait(d, lambda d: "uploaded photo" in d.page_source and "on the photo's noise" in d.page_source, 60,
+          "the swap of a photo's person")
     _shoot(d, "2-invert")
     bad = tmp_path / "not-an-image.jpg"
     bad.write_text("this is text, not a JPEG")

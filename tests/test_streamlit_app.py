@@ -67,6 +67,11 @@ def test_generate_and_invert(at, synthetic_market):
     assert any("PSNR" in m.value and "identity certainty" in m.value for m in at.markdown)
     _ok(at.button(key="swap-btn").click().run())
     assert not at.error
+    at.radio(key="swap-source").set_value("From a photo")   # the person of another photo (an example)
+    _ok(at.run())
+    _ok(at.button(key="swap-btn").click().run())
+    assert not at.error
+    assert any("uploaded photo" in cap for sheet in _sheets(at) for _, cap in sheet)
 
 
 def test_generate_in_a_library_pose(at):
