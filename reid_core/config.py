@@ -286,7 +286,7 @@ PRESETS: dict[str, Preset] = {
         name="cpu", recipe="joint", id_dim=256, conditioning="film", gen_steps=3_000, gen_batch=32, gen_K=4,
         gen_lr=1e-3, gen_warmup=100, prediction_type="v_prediction", identity_map_levels=1,
         identity_map_channels=16, identity_dropout=0.1, guidance_scale=3.0, guidance_steps=10, guidance_start=2,
-        identity_steer=0.3, identity_candidates=3, known_identity_cos=0.4, table_lr=1e-3,
+        identity_steer=0.3, identity_candidates=6, known_identity_cos=0.4, table_lr=1e-3,
         img2id_backbone="mobilenetv2", img2id_size=(128, 64), img2id_steps=1_500, img2id_lr=3.5e-4,
         snapshot_every=500, **_CPU),
     "paper_cpu": Preset(

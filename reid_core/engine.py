@@ -42,13 +42,16 @@ KEYED_NETWORKS = {"prior": PriorConfig, "img2id": Img2IDConfig, "img2noise": Img
 # what each part precomputed at export is made from (beside the generator and its table): a new
 # Img2Noise keeps them all, a new judge only the slider ranking's; pictures read Img2ID, which
 # steers generation (`identity_steer`)
-PRECOMPUTED_FROM = {"identity_map": (), "portraits": ("img2id",), "slider_axes": ("img2id",),
-                    "slider_ranking": ("img2id", "baseline")}
+PRECOMPUTED_FROM = {"identity_map": (), "photo_features": ("img2id",), "portraits": ("img2id",),
+                    "slider_axes": ("img2id",), "slider_ranking": ("img2id", "baseline")}
 # the parts drawn by seed, which best-of-K drawing (`identity_candidates`) changes; the others are
 # drawn under given noises and keep their key when it changes
 DRAWN_BY_SEED = ("portraits",)
 # preset fields no precomputed part depends on: every part is drawn from rows and noises, never from a photo
 UNKEYED_FIELDS = {"known_identity_cos"}
+# best of K by the identity's photos (`identity_likeness`): the kernel's sharpness over cosines,
+# exp(PHOTO_KERNEL * cos); chosen on the candidate bank of training identities (docs/benchmark_notes.md)
+PHOTO_KERNEL = 20.0
 MAX_AXES = 32  # sliders: an identity's own dimensions up to this many, else its principal axes
 # "refined" inversion: Img2Noise's noise, then this many Adam steps (lr) through the sampling chain.
 # Measured on 100 training images (seed 5): 22.85 dB -> 23.39 / 24.58 / 25.21 / 26.28 after 1 / 2 / 3 / 6 steps
@@ -212,6 +215,9 @@ class ReIDEngine:
         self.identity_steer = float(preset.identity_steer)
         # a seeded picture is drawn this many times and Img2ID keeps the likeliest (`generate`)
         self.identity_candidates = int(preset.identity_candidates)
+        self._photo_bank: tuple[torch.Tensor, torch.Tensor] | None = None  # `photo_bank`
+        self._photo_bank_read = False
+        self._row_index: dict[bytes, int] | None = None  # `table_rows`
         self.gallery: Gallery | None = None
         self._gallery_lock = threading.Lock()
         self._axes: np.ndarray | None = None
@@ -406,14 +412,61 @@ class ReIDEngine:
                          steps, pose, guidance_scale)
         if k == 1:
             return x
-        return best_of(x.view(k, b, *x.shape[1:]), self.identity_likeness(x, ids_t).view(k, b))
+        rows = np.tile(self.table_rows(ids), k)
+        return best_of(x.view(k, b, *x.shape[1:]), self.identity_likeness(x, ids_t, rows).view(k, b))
 
-    def identity_likeness(self, images: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+    def identity_likeness(self, images: torch.Tensor, identities: torch.Tensor,
+                          rows: np.ndarray | None = None) -> torch.Tensor:
         """How much each picture (B, 3, H, W) in [-1, 1] looks like its identity (B, id_dim), as
-        Img2ID sees it: the cosine between the picture's Img2ID vector (with its mirror image's)
-        and the identity. (B,)"""
-        f = self._steering_encoder().embed(images.float())
-        return torch.nn.functional.cosine_similarity(f.float(), identities.float(), dim=1)
+        Img2ID sees it, from the picture's Img2ID vector f (with its mirror image's). A training
+        identity (`rows` (B,) >= 0) whose photos the weights carry (`photo_bank`): the log of its
+        photos' share of the kernel mass exp(PHOTO_KERNEL * cos(f, photo)) over all training
+        photos, a soft nearest-neighbour vote; any other identity: the cosine between f and the
+        identity. Comparable among the pictures of one identity only. (B,)"""
+        f = self._steering_encoder().embed(images.float()).float()
+        score = torch.nn.functional.cosine_similarity(f, identities.float(), dim=1)
+        bank = self.photo_bank if rows is not None else None
+        if bank is None:
+            return score
+        feats, photo_rows = bank
+        rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64, device=score.device)
+        known = rows_t >= 0
+        if known.any():
+            logits = PHOTO_KERNEL * torch.nn.functional.normalize(f[known], dim=1) @ feats.T
+            own = logits.masked_fill(photo_rows[None] != rows_t[known][:, None], float("-inf"))
+            score[known] = own.logsumexp(1) - logits.logsumexp(1)
+        return score
+
+    @property
+    def photo_bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Img2ID's vectors of the training photos (N, id_dim), unit length, and each photo's
+        table row (N,), as shipped with the weights (`weights.save_photo_features`), or None."""
+        if not self._photo_bank_read:
+            bank = None
+            if self.weights_dir is not None:
+                from .weights import load_photo_features
+                bank = load_photo_features(self.weights_dir, self.cache_key("photo_features"),
+                                           self.preset.id_dim, self.num_identities)
+            self.set_photo_bank(*(bank if bank is not None else (None, None)))
+        return self._photo_bank
+
+    def set_photo_bank(self, features: np.ndarray | None, rows: np.ndarray | None) -> None:
+        """Use these training-photo vectors (N, id_dim) and rows (N,) for best of K (None: the rows)."""
+        self._photo_bank = None if features is None else (
+            torch.nn.functional.normalize(torch.as_tensor(np.asarray(features, np.float32)), dim=1).to(self.device),
+            torch.as_tensor(np.asarray(rows, np.int64)).to(self.device))
+        self._photo_bank_read = True
+
+    def table_rows(self, identities: np.ndarray) -> np.ndarray:
+        """(B,) the table row each identity vector (B, id_dim) is, bit for bit, else -1: a
+        training identity asked for by index, or a photo recognised as one, arrives as its row."""
+        if self._row_index is None:
+            index: dict[bytes, int] = {}
+            for k, r in enumerate(np.ascontiguousarray(self.identity_table, np.float32)):
+                index.setdefault(r.tobytes(), k)
+            self._row_index = index
+        v = np.ascontiguousarray(identities, np.float32)
+        return np.array([self._row_index.get(x.tobytes(), -1) for x in v], np.int64)
 
     def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None,
                 guidance_scale: float | None = None, steer: bool = True) -> torch.Tensor:

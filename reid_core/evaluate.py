@@ -348,7 +348,8 @@ def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), 
             "diversity": gen_spread / real_spread if real_groups else float("nan"),
             "judge_accuracy_on_real_train": float(np.mean(classify_images(judge, train.images) == labels)),
             "guidance_scale": engine.guidance_scale, "identity_steer": engine.identity_steer,
-            "identity_candidates": engine.identity_candidates, "seconds": time.perf_counter() - t0}
+            "identity_candidates": engine.identity_candidates,
+            "chooser": "photos" if engine.photo_bank is not None else "rows", "seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> None:

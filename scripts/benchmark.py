@@ -121,7 +121,8 @@ def sampling_setting(c: dict) -> str:
     if c.get("identity_steer"):
         words.append(f"Img2ID steering {c['identity_steer']:g}")
     if c.get("identity_candidates", 1) > 1:
-        words.append(f"best of {c['identity_candidates']} by Img2ID")
+        words.append(f"best of {c['identity_candidates']} by Img2ID"
+                     + (" against the identity's training photos" if c.get("chooser") == "photos" else ""))
     return ", ".join(words)
 
 

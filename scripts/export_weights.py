@@ -1,7 +1,7 @@
 """Assemble a trained run into a shippable weights folder, fp16 where it loses nothing measurable.
 
     python scripts/export_weights.py --run runs/cpu [--baseline-run runs/cpu-baseline] --out weights [--fp16]
-    python scripts/export_weights.py --out weights --precomputed-only [identity_map portraits slider_axes slider_ranking]
+    python scripts/export_weights.py --out weights --precomputed-only [identity_map photo_features portraits slider_axes slider_ranking] [--data DIR]
     python scripts/export_weights.py --run runs/unc --out weights --fp16 --only uncertainty
 
 Copies each component's config.json and safetensors (cast to fp16 with --fp16), plus
@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 
 from reid_core.config import Preset
+from reid_core.data import DEMO_DATA
 from reid_core.engine import PRECOMPUTED_FROM, ReIDEngine
 from reid_core.io import atomic_write_json
 from reid_core.training.pipeline import COMPONENT_STAGES, with_stage_fields
@@ -135,7 +136,7 @@ def add_history(out: Path, run: Path, continues: Path) -> list[dict]:
     return log["history"]
 
 
-PRECOMPUTED = tuple(PRECOMPUTED_FROM)  # identity_map, portraits, slider_axes, slider_ranking
+PRECOMPUTED = tuple(PRECOMPUTED_FROM)  # identity_map, photo_features (before portraits: their best of K reads them), ...
 
 
 def stale_precomputed(components) -> list[str]:
@@ -144,9 +145,10 @@ def stale_precomputed(components) -> list[str]:
     return [part for part in PRECOMPUTED if any(c == "generator" or c in PRECOMPUTED_FROM[part] for c in components)]
 
 
-def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
+def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED, data: Path = DEMO_DATA) -> list[Path]:
     """What the apps would otherwise compute at every start, made once with the exported
-    weights (as the apps load them) and shipped beside them: every training identity's
+    weights (as the apps load them) and shipped beside them: Img2ID's vectors of the training
+    photos of `data` (what best of K chooses by), every training identity's
     portrait (643 generations, minutes on 2 cores), the identity map (a UMAP fit), the slider
     axes of a wide identity (the directions that most change who the generated person looks
     like) and which sliders change who the person is (the judge over a +-2 sd sweep of every
@@ -156,11 +158,17 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     from reid_core.engine import MAX_AXES
     from reid_core.evaluate import axis_identity_change, sensitive_axes
     from reid_core.explore import IdentityMap
-    from reid_core.weights import (SLIDER_RANKING_FILE, save_identity_map, save_keyed_json, save_portraits,
-                                   save_slider_axes)
+    from reid_core.weights import (SLIDER_RANKING_FILE, save_identity_map, save_keyed_json, save_photo_features,
+                                   save_portraits, save_slider_axes)
     engine = ReIDEngine.from_pretrained(out)
-    parts = {*parts, "slider_ranking"} if "slider_axes" in parts else set(parts)
+    parts = set(parts) | ({"slider_ranking"} if "slider_axes" in parts else set()) \
+        | ({"portraits"} if "photo_features" in parts else set())  # drawn best of K by them
     written = []
+    if "photo_features" in parts:
+        features, rows = photo_features(engine, data)
+        written.append(save_photo_features(out, features, rows, engine.cache_key("photo_features"),
+                                           photos=len(rows), size=f"{engine.embed_size[0]}x{engine.embed_size[1]}"))
+        engine.set_photo_bank(features, rows)
     if "identity_map" in parts:
         imap = IdentityMap(engine.identity_table, seed=seed)
         written.append(save_identity_map(out, imap.method, imap.coords, engine.cache_key("identity_map")))
@@ -185,6 +193,19 @@ def add_precomputed(out: Path, seed: int = 0, parts=PRECOMPUTED) -> list[Path]:
     return written
 
 
+def photo_features(engine: ReIDEngine, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Img2ID's vector of every training photo of `data` whose person is a table row, (N, id_dim),
+    and that row (N,)."""
+    from reid_core.data import load_split
+    train = load_split(data, "train", engine.embed_size)
+    row_of = {int(p): k for k, p in enumerate(engine.identity_pids)}
+    keep = np.array([int(p) in row_of for p in train.pids], bool)
+    if not keep.any():
+        raise SystemExit(f"no training photo of {data} shows a person of these weights' table")
+    rows = np.array([row_of[int(p)] for p in train.pids[keep]], np.int64)
+    return engine.embed_arrays(train.images[keep]), rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, default=None, help="the training run to export (omit with --portraits-only)")
@@ -199,9 +220,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=None, choices=COMPONENTS, metavar="COMPONENT",
                     help="add just these components of --run to an existing weights folder (e.g. uncertainty: "
                          "a part the networks' caches do not depend on)")
+    ap.add_argument("--data", type=Path, default=DEMO_DATA, help="the dataset the run trained on (its training "
+                    "photos' Img2ID vectors are shipped for best of K)")
     a = ap.parse_args()
     if a.precomputed_only is not None:
-        print("wrote", *add_precomputed(a.out, parts=a.precomputed_only or PRECOMPUTED))
+        print("wrote", *add_precomputed(a.out, parts=a.precomputed_only or PRECOMPUTED, data=a.data))
         return
     if a.run is None:
         ap.error("--run is required (unless --precomputed-only)")
@@ -215,7 +238,7 @@ def main() -> None:
     export(a.run, a.out, a.fp16, a.baseline_run)
     if a.continues is not None:
         add_history(a.out, a.run, a.continues)
-    add_precomputed(a.out)
+    add_precomputed(a.out, data=a.data)
     size = sum(f.stat().st_size for f in a.out.rglob("*") if f.is_file())
     print(f"exported to {a.out}: {size / 2**20:.1f} MiB")
     print(json.dumps(compare(a.run, a.out, a.baseline_run or a.run), indent=2))

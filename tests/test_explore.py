@@ -264,9 +264,10 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
         return engine.fingerprint, {part: engine.cache_key(part) for part in PRECOMPUTED_FROM}
 
     full, parts = keys()
-    assert len(set(parts.values())) == 4 and full not in parts.values()   # map; portraits; axes; ranking
+    assert len(set(parts.values())) == 4 and full not in parts.values()   # map; portraits; axes, photos; ranking
     expect = {"img2noise": set(), "prior": set(), "baseline": {"slider_ranking"},
-              "img2id": {"portraits", "slider_axes", "slider_ranking"}, "generator": set(PRECOMPUTED_FROM), "pose_encoder": set()}
+              "img2id": {"photo_features", "portraits", "slider_axes", "slider_ranking"}, "generator": set(PRECOMPUTED_FROM),
+              "pose_encoder": set()}
     for change, stale in expect.items():
         f, p = keys(change)
         assert {part for part in parts if p[part] != parts[part]} == stale, change
@@ -291,7 +292,7 @@ def test_precomputed_parts_are_keyed_by_the_networks_they_are_made_from(tiny_wei
     with script_module("export_weights") as mod:
         assert mod.stale_precomputed(["img2noise", "uncertainty"]) == []
         assert mod.stale_precomputed(["baseline"]) == ["slider_ranking"]
-        assert mod.stale_precomputed(["img2id"]) == ["portraits", "slider_axes", "slider_ranking"]
+        assert mod.stale_precomputed(["img2id"]) == ["photo_features", "portraits", "slider_axes", "slider_ranking"]
         assert mod.stale_precomputed(["generator"]) == list(mod.PRECOMPUTED)
 
 

@@ -461,6 +461,58 @@ def test_best_of_k_keeps_each_seeded_pictures_likeliest_candidate(engine):
     assert len({*candidate_seeds([5, 6], 1), *candidate_seeds([5, 6], 2), 5, 6}) == 6
 
 
+def test_best_of_k_by_the_identitys_photos(tiny_weights, synthetic_market, tmp_path):
+    """With the training photos' Img2ID vectors shipped, a training identity keeps the candidate
+    whose nearest photos are most its own (a soft nearest-neighbour vote); any other identity the
+    one nearest its vector. The vectors load only when made by these weights."""
+    import shutil
+
+    from reid_core.data import load_split
+    from reid_core.engine import PHOTO_KERNEL, candidate_seeds
+    from reid_core.weights import PHOTO_FEATURES_FILE, load_photo_features, save_photo_features
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    engine = ReIDEngine.from_pretrained(weights, device="cpu")
+    assert engine.photo_bank is None  # none shipped: best of K by the rows
+    train = load_split(synthetic_market, "train", engine.embed_size, progress=False)
+    row_of = {int(p): k for k, p in enumerate(engine.identity_pids)}
+    rows = np.array([row_of[int(p)] for p in train.pids])
+    feats = engine.embed_arrays(train.images)
+    save_photo_features(weights, feats, rows, engine.cache_key("photo_features"))
+    assert load_photo_features(weights, "another", engine.preset.id_dim, engine.num_identities) is None
+    assert load_photo_features(weights, engine.cache_key("photo_features"), engine.preset.id_dim + 1,
+                               engine.num_identities) is None
+    engine = ReIDEngine.from_pretrained(weights, device="cpu")
+    bank, bank_rows = engine.photo_bank
+    np.testing.assert_allclose(bank.numpy(), feats / np.linalg.norm(feats, axis=1, keepdims=True), atol=2e-3)  # fp16
+    np.testing.assert_array_equal(bank_rows.numpy(), rows)
+
+    assert list(engine.table_rows(engine.identity_table[[3, 0, 3]])) == [3, 0, 3]
+    assert list(engine.table_rows(engine.identity_table[[3]] + 1e-3)) == [-1]
+    seeds, k = [0, 1, 2, 3], 3
+    as_arrays = lambda ims: np.stack([np.asarray(im) for im in ims]).astype(int)  # noqa: E731
+    picked = as_arrays(engine.generate(3, seed=seeds, candidates=k))
+    drawn = np.stack([as_arrays(engine.generate(3, noise=engine.noise(seeds if j == 0 else candidate_seeds(seeds, j))))
+                      for j in range(k)])
+    f = engine.embed_arrays(drawn.reshape(-1, *drawn.shape[2:]).astype(np.uint8))
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    logits = PHOTO_KERNEL * f @ bank.numpy().T
+    lse = lambda a: np.log(np.exp(a - a.max(1, keepdims=True)).sum(1)) + a.max(1)  # noqa: E731
+    vote = (lse(np.where(rows[None] == 3, logits, -np.inf)) - lse(logits)).reshape(k, len(seeds))
+    gaps = np.abs(drawn - picked[None]).mean(axis=(2, 3, 4))
+    assert (gaps.min(0) < 0.5).all()
+    assert (vote[gaps.argmin(0), range(len(seeds))] >= vote.max(0) - 1e-2).all(), "the photos' likeliest candidate"
+    with torch.inference_mode():
+        x = torch.from_numpy(drawn[:, 0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        ids = torch.from_numpy(engine.identity_table[[3]]).expand(k, -1)
+        np.testing.assert_allclose(engine.identity_likeness(x, ids, np.full(k, 3)).numpy(), vote[:, 0], atol=1e-2)
+        # an identity that is no row is judged by its vector, as without photos
+        np.testing.assert_allclose(engine.identity_likeness(x, ids, np.full(k, -1)).numpy(),
+                                   engine.identity_likeness(x, ids).numpy(), atol=1e-6)
+    (weights / PHOTO_FEATURES_FILE).write_bytes(b"not safetensors")
+    assert ReIDEngine.from_pretrained(weights, device="cpu").photo_bank is None
+
+
 def test_pose_centralization_is_chosen_on_training_identities(engine, synthetic_market):
     from reid_core.data import load_split
     from reid_core.evaluate import (CENTRALIZE_ETA, VIEW_STEPS, choose_centralization, evaluate_variants,
