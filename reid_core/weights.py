@@ -129,35 +129,50 @@ def load_portraits(root, fingerprint: str, seed: int = 0):
         return None
 
 
-def save_slider_axes(root, axes, fingerprint: str, **meta) -> Path:
-    """(num_axes, id_dim) slider axes -> safetensors, keyed by the engine fingerprint; `meta`
-    (how they were found) is kept as strings beside it."""
-    import numpy as np
+def save_keyed_tensors(root, filename: str, fingerprint: str, tensors: dict, **meta) -> Path:
+    """numpy arrays -> one safetensors file, written atomically and keyed by the engine
+    fingerprint; `meta` (how they were made) is kept as strings beside them."""
     from safetensors.numpy import save_file
 
     from .io import atomic_path
-    path = Path(root) / SLIDER_AXES_FILE
+    path = Path(root) / filename
     with atomic_path(path, ".safetensors") as tmp:
-        save_file({"axes": np.ascontiguousarray(axes, np.float32)}, str(tmp),
-                  metadata={"fingerprint": fingerprint, **{k: str(v) for k, v in meta.items()}})
+        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, **{k: str(v) for k, v in meta.items()}})
     return path
 
 
-def load_slider_axes(root, fingerprint: str, shape: tuple[int, int]):
-    """The shipped slider axes as a (num_axes, id_dim) float32 array, or None when absent,
-    unreadable, made by other weights, of another shape, or not orthonormal."""
+def load_keyed_tensors(root, filename: str, fingerprint: str, names: tuple[str, ...]) -> dict | None:
+    """The named arrays of `save_keyed_tensors`, or None when absent, damaged, or made by other weights."""
     import numpy as np
     from safetensors import safe_open
-    path = Path(root) / SLIDER_AXES_FILE
+    path = Path(root) / filename
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="numpy") as f:
             if (f.metadata() or {}).get("fingerprint") != fingerprint:
                 return None
-            axes = np.asarray(f.get_tensor("axes"), np.float32)
-    except Exception:  # a damaged file: the sliders fall back to the principal axes
+            return {n: np.asarray(f.get_tensor(n)) for n in names}
+    except Exception:  # a damaged file: whoever asked falls back to computing without it
         return None
+
+
+def save_slider_axes(root, axes, fingerprint: str, **meta) -> Path:
+    """(num_axes, id_dim) slider axes -> safetensors, keyed by the engine fingerprint."""
+    import numpy as np
+    return save_keyed_tensors(root, SLIDER_AXES_FILE, fingerprint, {"axes": np.ascontiguousarray(axes, np.float32)},
+                              **meta)
+
+
+def load_slider_axes(root, fingerprint: str, shape: tuple[int, int]):
+    """The shipped slider axes as a (num_axes, id_dim) float32 array, or None when absent,
+    unreadable, made by other weights, of another shape, or not orthonormal (the sliders then
+    fall back to the principal axes)."""
+    import numpy as np
+    got = load_keyed_tensors(root, SLIDER_AXES_FILE, fingerprint, ("axes",))
+    if got is None:
+        return None
+    axes = got["axes"].astype(np.float32)
     if axes.shape != tuple(shape) or not np.allclose(axes @ axes.T, np.eye(len(axes)), atol=1e-4):
         return None
     return axes
@@ -168,33 +183,20 @@ def save_photo_features(root, features, rows, fingerprint: str, **meta) -> Path:
     photos of 256 dimensions; a nearest-neighbour score moves by under 1e-3), and the table row
     of each photo's person (N,) -> safetensors keyed by the engine fingerprint."""
     import numpy as np
-    from safetensors.numpy import save_file
-
-    from .io import atomic_path
-    path = Path(root) / PHOTO_FEATURES_FILE
-    with atomic_path(path, ".safetensors") as tmp:
-        save_file({"features": np.ascontiguousarray(features, np.float16),
-                   "rows": np.ascontiguousarray(rows, np.int32)}, str(tmp),
-                  metadata={"fingerprint": fingerprint, **{k: str(v) for k, v in meta.items()}})
-    return path
+    return save_keyed_tensors(root, PHOTO_FEATURES_FILE, fingerprint,
+                              {"features": np.ascontiguousarray(features, np.float16),
+                               "rows": np.ascontiguousarray(rows, np.int32)}, **meta)
 
 
 def load_photo_features(root, fingerprint: str, id_dim: int, num_identities: int):
     """The shipped training-photo vectors as (float32 (N, id_dim) on the unit sphere, int64 (N,)
-    rows), or None when absent, unreadable, made by other weights, or not of these shapes."""
+    rows), or None when absent, unreadable, made by other weights, or not of these shapes (best
+    of K then chooses by the rows)."""
     import numpy as np
-    from safetensors import safe_open
-    path = Path(root) / PHOTO_FEATURES_FILE
-    if not path.is_file():
+    got = load_keyed_tensors(root, PHOTO_FEATURES_FILE, fingerprint, ("features", "rows"))
+    if got is None:
         return None
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            if (f.metadata() or {}).get("fingerprint") != fingerprint:
-                return None
-            features = np.asarray(f.get_tensor("features"), np.float32)
-            rows = np.asarray(f.get_tensor("rows"), np.int64)
-    except Exception:  # a damaged file: best of K falls back to the rows
-        return None
+    features, rows = got["features"].astype(np.float32), got["rows"].astype(np.int64)
     if features.ndim != 2 or features.shape[1] != id_dim or rows.shape != (len(features),) or not len(rows) \
             or rows.min() < 0 or rows.max() >= num_identities or not np.isfinite(features).all():
         return None
