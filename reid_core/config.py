@@ -74,7 +74,11 @@ class DistillConfig:
     distill_lr: float = 2e-4
     distill_warmup: int = 50
     distill_max_scale: float = 6.0
-    distill_bank: int = 0                            # teacher's guided sampling trajectories half of each batch reads
+    distill_bank: int = 0                            # sampling chains half of each batch reads
+    # whose chains: "teacher" (its guided chains, a third of them plain) or "engine" (what the --init
+    # weights' engine keeps when it draws the training rows: guidance, Img2ID's steer, best of K);
+    # with "engine" the noised real images teach scale 1 only (the plain chain Invert and Img2Noise read)
+    distill_bank_sampler: str = "teacher"
 
 
 @dataclass
@@ -209,6 +213,8 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.recipe == "joint" and self.conditioning != "film":
             raise ValueError("the joint recipe conditions by FiLM (its condition is a mixture of rows)")
+        if self.distill_bank_sampler not in ("teacher", "engine"):
+            raise ValueError(f"distill_bank_sampler must be 'teacher' or 'engine', not {self.distill_bank_sampler!r}")
         if self.gen_loss not in ("l1", "mse"):
             raise ValueError(f"gen_loss must be 'l1' or 'mse', got {self.gen_loss!r}")
         if self.img2noise_recon_loss not in RECON_LOSSES:

@@ -47,8 +47,9 @@ PRECOMPUTED_FROM = {"identity_map": (), "photo_features": ("img2id",), "portrait
 # the parts drawn by seed, which best-of-K drawing (`identity_candidates`) changes; the others are
 # drawn under given noises and keep their key when it changes
 DRAWN_BY_SEED = ("portraits",)
-# preset fields no precomputed part depends on: every part is drawn from rows and noises, never from a photo
-UNKEYED_FIELDS = {"known_identity_cos"}
+# preset fields no precomputed part depends on: every part is drawn from rows and noises, never from a
+# photo; how a distilled generator's bank was drawn shows in its weights, which are keyed themselves
+UNKEYED_FIELDS = {"known_identity_cos", "distill_bank_sampler"}
 # best of K by the identity's photos (`identity_likeness`): the kernel's sharpness over cosines,
 # exp(PHOTO_KERNEL * cos); chosen on the candidate bank of training identities (docs/benchmark_notes.md)
 PHOTO_KERNEL = 20.0
@@ -156,10 +157,8 @@ def candidate_seeds(seeds: Sequence[int], j: int) -> list[int]:
     return [int(np.random.SeedSequence([int(s) % 2**63, j]).generate_state(1, np.uint64)[0] >> 1) for s in seeds]
 
 
-def best_of(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """candidates (K, B, ...) and their scores (K, B) -> (B, ...): each picture's best-scored
-    candidate (the first among equals)."""
-    pick = scores.argmax(0)
+def best_of(candidates: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """candidates (K, B, ...) and the index of each picture's kept candidate (B,) -> (B, ...)."""
     return candidates[pick, torch.arange(candidates.shape[1], device=candidates.device)]
 
 
@@ -391,9 +390,13 @@ class ReIDEngine:
                 seeds = seeds * n if seeds is not None else None
             else:
                 raise ValueError(f"{n} identities and {m} noises do not broadcast")
-        # the seed's own noise first, then the derived ones
-        z = np.stack([z, *(self.noise(candidate_seeds(seeds, j)) for j in range(1, k))])
+        z = z[None] if k == 1 else np.stack([z, *self.candidate_noises(seeds, k)[1:]])
         return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z, steps, pose, guidance_scale))]
+
+    def candidate_noises(self, seeds: Sequence[int], k: int) -> np.ndarray:
+        """(K, B, 3, H, W): the noises best of `k` draws pictures asked for by `seeds` under, the
+        seed's own first, then the ones derived from it (`candidate_seeds`)."""
+        return np.stack([self.noise(seeds), *(self.noise(candidate_seeds(seeds, j)) for j in range(1, k))])
 
     def _candidate_count(self, candidates: int | None) -> int:
         """How many times a picture is drawn: `candidates`, else the engine's `identity_candidates`."""
@@ -403,17 +406,24 @@ class ReIDEngine:
         return k
 
     def _draw(self, ids: np.ndarray, noises: np.ndarray, steps: int | None = None, pose=None,
-              guidance_scale: float | None = None) -> torch.Tensor:
+              guidance_scale: float | None = None, trace: list | None = None) -> torch.Tensor:
         """Identities (B, id_dim) under K candidate noises each (K, B, 3, H, W) -> (B, 3, H, W)
-        images in [-1, 1]: the candidate Img2ID finds likeliest to be its identity (K = 1: the one)."""
+        images in [-1, 1]: the candidate Img2ID finds likeliest to be its identity (K = 1: the one).
+        `trace`, when given, receives the kept candidates' sampling chains: per step
+        (x, timestep, scale, prediction) as `ddim_sample` records them, each (B, ...)."""
         k, b = noises.shape[:2]
         ids_t = torch.from_numpy(ids).to(self.device).repeat(k, 1)
+        chains = None if trace is None else []
         x = self._sample(ids_t, torch.from_numpy(noises.reshape(k * b, *noises.shape[2:])).to(self.device),
-                         steps, pose, guidance_scale)
-        if k == 1:
-            return x
-        rows = np.tile(self.table_rows(ids), k)
-        return best_of(x.view(k, b, *x.shape[1:]), self.identity_likeness(x, ids_t, rows).view(k, b))
+                         steps, pose, guidance_scale, trace=chains)
+        pick = torch.zeros(b, dtype=torch.long, device=x.device)
+        if k > 1:
+            rows = np.tile(self.table_rows(ids), k)
+            pick = self.identity_likeness(x, ids_t, rows).view(k, b).argmax(0)
+        if trace is not None:
+            trace.extend((best_of(xs.view(k, b, *xs.shape[1:]), pick), t, w,
+                          best_of(e.view(k, b, *e.shape[1:]), pick)) for xs, t, w, e in chains)
+        return best_of(x.view(k, b, *x.shape[1:]), pick)
 
     def identity_likeness(self, images: torch.Tensor, identities: torch.Tensor,
                           rows: np.ndarray | None = None) -> torch.Tensor:
@@ -469,7 +479,7 @@ class ReIDEngine:
         return np.array([self._row_index.get(x.tobytes(), -1) for x in v], np.int64)
 
     def _sample(self, ids: torch.Tensor, z: torch.Tensor, steps: int | None = None, pose=None,
-                guidance_scale: float | None = None, steer: bool = True) -> torch.Tensor:
+                guidance_scale: float | None = None, steer: bool = True, trace: list | None = None) -> torch.Tensor:
         """GEN on tensors: identities (B, id_dim), noises (B, 3, H, W) -> images in [-1, 1].
         `steer`: Img2ID's guidance toward `ids` where the engine has it on (`identity_steer`)."""
         steps = steps or self.preset.sample_steps
@@ -488,7 +498,7 @@ class ReIDEngine:
             return ddim_sample(net, ids, z, steps, extra_features_fn=extra_fn, guidance_scale=scale,
                                guidance_steps=self.guidance_steps, guidance_start=self.guidance_start,
                                guidance_every=self.guidance_every, steer=steer_fn,
-                               steer_window=self.preset.identity_steer_window)
+                               steer_window=self.preset.identity_steer_window, trace=trace)
 
     def _steering_encoder(self):
         """Img2ID with its batch norms folded, made on first use (`IdentityEncoder.folded`)."""

@@ -275,6 +275,52 @@ def test_inverted_noise_cache_belongs_to_its_subset(identity_run, tmp_path, monk
     assert len(calls) == 2
 
 
+def test_distill_from_the_engines_kept_chains(identity_run, synthetic_market, tmp_path):
+    """distill_bank_sampler 'engine': the bank holds the chains the --init weights' engine keeps
+    when it draws training rows by seed (guidance, Img2ID's steer, best of 2): stepping each
+    chain's last state with its stored prediction gives the picture Generate shows, and the first
+    state is one of that seed's candidate noises. The student, taught each step's prediction,
+    then lands nearer those pictures in one pass a step than the teacher's one pass does."""
+    import shutil
+    from reid_core.diffusion import ddim_sample
+    from reid_core.training.distill import chain_ends, engine_bank_plan
+    from reid_core.weights import PRESET_FILE
+    init = tmp_path / "init"
+    shutil.copytree(identity_run, init, ignore=shutil.ignore_patterns("checkpoints", "snapshots"))
+    sampling = dict(guidance_scale=3.0, guidance_start=2, identity_candidates=2, identity_steer=0.3)
+    dataclasses.replace(Preset.load(init / PRESET_FILE), **sampling).save(init / PRESET_FILE)
+    preset = get_preset("tiny", **sampling, distill_steps=300, distill_lr=1e-3, distill_warmup=5, distill_bank=12,
+                        distill_bank_sampler="engine")
+    out = train(synthetic_market, preset, tmp_path / "d", stages=["distill"], init=init, progress=False)
+
+    engine = ReIDEngine.from_pretrained(init, load_baseline=False)
+    rows, seeds, _ = engine_bank_plan(engine, 12)
+    assert rows.tolist() == [k % engine.num_identities for k in range(12)]
+    with np.load(out / "checkpoints" / "distill_bank.npz") as z:
+        bank = {k: torch.from_numpy(z[k]) for k in ("states", "targets", "ids", "timesteps", "scales")}
+    assert torch.equal(bank["ids"], torch.from_numpy(engine.identity_table[rows]))
+    assert bank["scales"].tolist() == [[1.0, 1.0] + [3.0] * (preset.sample_steps - 2)] * 12
+    for i in (0, 5, 11):
+        shown = np.asarray(engine.generate(engine.identity_table[rows[i]], seed=int(seeds[i]))[0], np.float32)
+        rebuilt = (chain_ends(bank | {k: bank[k][i:i + 1] for k in ("states", "targets", "ids")}, engine.generator)[0].permute(1, 2, 0).numpy()
+                   + 1) * 127.5
+        assert np.abs(rebuilt - shown).mean() < 1.0, i  # grey levels: the chain is stored at fp16
+        starts = torch.from_numpy(engine.candidate_noises([int(seeds[i])], 2)[:, 0]).half()
+        assert min(float((bank["states"][i, 0] - s).abs().max()) for s in starts) == 0.0
+
+    # one pass a step from the chains' noises now lands nearer the pictures Generate kept than the
+    # teacher's one-pass (unguided, unsteered) chain does
+    teacher, student = load_component(init, "generator"), load_component(out, "generator")
+    ends, z, c = chain_ends(bank, teacher), bank["states"][:, 0].float(), bank["ids"]
+    calls = []
+    student.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    with torch.no_grad():
+        plain = (ddim_sample(teacher, c, z, preset.sample_steps) - ends).abs().mean()
+        fast = (ddim_sample(student, c, z, preset.sample_steps, guidance_scale=3.0, guidance_start=2) - ends).abs().mean()
+    assert calls == [12] * preset.sample_steps
+    assert fast < 0.8 * plain, (float(fast), float(plain))
+
+
 def test_set_takes_json_values_and_bare_words():
     from reid_core.training.pipeline import _set_value
     assert _set_value("300") == 300 and _set_value("2e-4") == 2e-4 and _set_value("true") is True

@@ -11,7 +11,11 @@ meets when it samples, which noised real images are not. c is the identity the a
 the image's table row (Generate) or Img2ID's vector of the image (Invert, swaps), in the
 joint recipe's proportions; w is 1 (the plain conditional prediction, which inversion and
 Img2Noise's chain read), the preset's scale, or uniform on [1, distill_max_scale], a third
-each. The student starts as the teacher (its guidance embedding starts at zero) and the
+each. With `distill_bank_sampler` "engine", the bank holds instead the chains the --init weights'
+engine keeps when Generate draws a training row by seed (`deployed_bank`: guidance, Img2ID's
+steer, best of K by the photos), and the noised real images teach w = 1 only: the student is
+asked to draw in one pass a step what the deployed sampler draws in K x 2 passes and 5 steers.
+The student starts as the teacher (its guidance embedding starts at zero) and the
 table stays frozen, so Img2ID, the prior and Img2Noise keep their identity space.
 Why: sampling with guidance costs two passes per guided step, and the picture must come
 in 100 ms on two cores (docs/BENCHMARKS.md).
@@ -95,19 +99,38 @@ def trajectory_bank(teacher: IdentityUNet, identities: torch.Tensor, guided: tor
             "scales": scales}
 
 
-def load_or_make_trajectories(teacher, identities, guided, preset: Preset, out: Path, device: str,
-                              progress: bool) -> dict:
-    """The trajectory bank, cached in the run's checkpoints for as long as the teacher is the same."""
+def cached_bank(out: Path, key: str, make) -> dict:
+    """A bank of chains, cached in the run's checkpoints under `key` (what it was made from)."""
     path = Path(out) / "checkpoints" / BANK_FILE
-    key = teacher_key(teacher, preset, len(identities))
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key:
                 return {k: torch.from_numpy(z[k]) for k in ("states", "targets", "ids", "timesteps", "scales")}
-    bank = trajectory_bank(teacher, identities, guided, preset, device, progress)
+    bank = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savez(path, key=np.array(key), **{k: v.numpy() for k, v in bank.items()})
     return bank
+
+
+def chain_ends(bank: dict, teacher: IdentityUNet) -> torch.Tensor:
+    """(n, 3, H, W) the pictures a bank's chains end in: each last state stepped with its prediction."""
+    sched = make_scheduler(prediction_type=teacher.config.prediction_type)
+    sched.set_timesteps(bank["states"].shape[1])
+    t = bank["timesteps"][-1]
+    return torch.cat([sched.step(bank["targets"][i:i + 256, -1].float(), t, bank["states"][i:i + 256, -1].float()
+                                 ).prev_sample.clamp(-1.0, 1.0) for i in range(0, len(bank["ids"]), 256)])
+
+
+def engine_bank_plan(engine, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows and seeds of an engine-drawn bank of `n` chains (every training row in turn, seeds
+    from 10,000: the benchmark draws 0-7) and its cache key (the engine's generation settings and
+    networks)."""
+    rows = np.arange(n) % engine.num_identities
+    seeds = 10_000 + np.arange(n)
+    key = hashlib.sha1(repr(("deployed", n, engine.fingerprint_of("img2id"), engine.identity_steer,
+                             engine.identity_candidates, engine.guidance_scale, engine.guidance_start,
+                             engine.guidance_steps)).encode()).hexdigest()
+    return rows, seeds, key
 
 
 def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset, out: Path, *,
@@ -125,14 +148,28 @@ def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset
     labels = data.labels_t
     image_ids = embed_crops(img2id.to(device), data.crops, device)  # what Invert reads from a photo
     n_bank = preset.distill_batch // 2 if preset.distill_bank else 0
-    if n_bank:  # guided chains under training rows (Generate) and Img2ID's vectors of photos (swaps),
+    deployed = preset.distill_bank_sampler == "engine"
+    if n_bank and deployed:
+        if init is None:
+            raise ValueError("distill_bank_sampler 'engine' draws its chains with the --init weights: give --init")
+        from ..engine import ReIDEngine
+        engine = ReIDEngine.from_pretrained(init, device=device, load_baseline=False)
+        drawn = (engine.preset.sample_steps, engine.guidance_scale, engine.guidance_start, engine.guidance_steps)
+        if drawn != (preset.sample_steps, preset.guidance_scale, preset.guidance_start, preset.guidance_steps or None):
+            raise ValueError(f"the --init weights sample with (steps, scale, first guided step, guided steps) {drawn}, "
+                             "this preset otherwise: the student would learn scales it is not asked for")
+        rows, seeds, key = engine_bank_plan(engine, preset.distill_bank)
+        bank = cached_bank(out, key, lambda: deployed_bank(engine, rows, seeds, progress))
+        del engine
+    elif n_bank:  # guided chains under training rows (Generate) and Img2ID's vectors of photos (swaps),
         # plain chains under Img2ID's vectors (Invert, Img2Noise): a half, a quarter, a quarter
         pick = np.random.default_rng(preset.seed).integers(0, len(labels), preset.distill_bank)
         half = len(pick) // 2
         rows = student.identity_rows(labels[pick[:half]].to(device)).detach().cpu()
         guided = torch.arange(len(pick)) < half + (len(pick) - half) // 2
-        bank = load_or_make_trajectories(teacher, torch.cat([rows, image_ids[pick[half:]]]), guided, preset, out,
-                                         device, progress)
+        ids = torch.cat([rows, image_ids[pick[half:]]])
+        bank = cached_bank(out, teacher_key(teacher, preset, len(ids)),
+                           lambda: trajectory_bank(teacher, ids, guided, preset, device, progress))
     sampler = make_sampler(data, preset.distill_batch - n_bank, preset.gen_K or 4)
     loop = TrainLoop("distill", out, seed=preset.seed, steps=preset.distill_steps, modules={"generator": student},
                      optimizer=opt, schedules=[warmup_cosine(preset.distill_steps, preset.distill_warmup)],
@@ -150,7 +187,7 @@ def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=g)
         x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=g).to(device), t.to(device))
         var = noise_variance(sched, t).to(device)
-        w = draw_scales(b, preset, g).to(device)
+        w = torch.ones(b, device=device) if deployed else draw_scales(b, preset, g).to(device)
         with torch.no_grad():
             target = guided_eps(teacher, x_t, var, c, w)
         if n_bank:
@@ -169,3 +206,29 @@ def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset
     finish(student, out, "generator")
     write_log(out, "distill", loss_record(history, loop.minutes, batch=preset.distill_batch))
     return student
+
+
+@torch.no_grad()
+def deployed_bank(engine, rows: np.ndarray, seeds: np.ndarray, progress: bool = True, batch: int = 32) -> dict:
+    """The chains the engine keeps when it draws training identity `rows` (n,) by `seeds` (n,) as
+    Generate does (guidance, Img2ID's steer, best of its `identity_candidates` by the photos):
+    per chain and step the kept candidate's state, the prediction the sampler stepped with
+    (guided and steered), the timestep and the scale; `trajectory_bank`'s format. What a
+    one-pass student learns to follow: the whole deployed sampler, not only its guidance."""
+    from tqdm.auto import tqdm
+    n, steps = len(rows), engine.preset.sample_steps
+    states = torch.zeros(n, steps, 3, *engine.image_size, dtype=torch.float16)
+    targets = torch.zeros_like(states)
+    timesteps, scales = torch.zeros(steps, dtype=torch.long), torch.ones(n, steps)
+    ids = np.ascontiguousarray(engine.identity_table[np.asarray(rows)], np.float32)
+    k = engine.identity_candidates
+    for i in tqdm(range(0, n, batch), desc="deployed chains", disable=not progress, leave=False):
+        sl = slice(i, min(i + batch, n))
+        trace: list = []
+        with torch.inference_mode():
+            engine._draw(ids[sl], engine.candidate_noises([int(s) for s in seeds[sl]], k), trace=trace)
+        for j, (x, t, w, pred) in enumerate(trace):
+            states[sl, j], targets[sl, j] = x.half().cpu(), pred.half().cpu()
+            timesteps[j], scales[sl, j] = int(t), float(w)
+    return {"states": states, "targets": targets, "ids": torch.from_numpy(ids), "timesteps": timesteps,
+            "scales": scales}
