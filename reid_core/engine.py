@@ -369,28 +369,26 @@ class ReIDEngine:
         (`best_of`). A picture asked for by `noise` is drawn under that noise only.
         """
         ids = self.resolve_identity(identity)
-        k, seeds = 1, None
+        seeds = z = None
         if noise is None:
             if seed is None:
                 raise ValueError("give a seed or a noise")
             seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
-            z = self.noise(seeds)
             k = self._candidate_count(candidates)
         else:
             z = np.asarray(noise, dtype=np.float32)
             z = z[None] if z.ndim == 3 else z
             if z.shape[1:] != (3, *self.image_size):
                 raise ValueError(f"noise must have shape (B, 3, {self.image_size[0]}, {self.image_size[1]})")
-        n, m = len(ids), len(z)
+        n, m = len(ids), len(seeds if z is None else z)
         if n != m:
             if n == 1:
                 ids = np.repeat(ids, m, 0)
             elif m == 1:
-                z = np.repeat(z, n, 0)
-                seeds = seeds * n if seeds is not None else None
+                seeds, z = (seeds * n, None) if z is None else (None, np.repeat(z, n, 0))
             else:
                 raise ValueError(f"{n} identities and {m} noises do not broadcast")
-        z = z[None] if k == 1 else np.stack([z, *self.candidate_noises(seeds, k)[1:]])
+        z = self.candidate_noises(seeds, k) if z is None else z[None]
         return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z, steps, pose, guidance_scale))]
 
     def candidate_noises(self, seeds: Sequence[int], k: int) -> np.ndarray:

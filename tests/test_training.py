@@ -302,8 +302,8 @@ def test_distill_from_the_engines_kept_chains(identity_run, synthetic_market, tm
     assert bank["scales"].tolist() == [[1.0, 1.0] + [3.0] * (preset.sample_steps - 2)] * 12
     for i in (0, 5, 11):
         shown = np.asarray(engine.generate(engine.identity_table[rows[i]], seed=int(seeds[i]))[0], np.float32)
-        rebuilt = (chain_ends(bank | {k: bank[k][i:i + 1] for k in ("states", "targets", "ids")}, engine.generator)[0].permute(1, 2, 0).numpy()
-                   + 1) * 127.5
+        chain = bank | {k: bank[k][i:i + 1] for k in ("states", "targets", "ids")}
+        rebuilt = (chain_ends(chain, engine.generator)[0].permute(1, 2, 0).numpy() + 1) * 127.5
         assert np.abs(rebuilt - shown).mean() < 1.0, i  # grey levels: the chain is stored at fp16
         starts = torch.from_numpy(engine.candidate_noises([int(seeds[i])], 2)[:, 0]).half()
         assert min(float((bank["states"][i, 0] - s).abs().max()) for s in starts) == 0.0

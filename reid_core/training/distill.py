@@ -81,9 +81,7 @@ def trajectory_bank(teacher: IdentityUNet, identities: torch.Tensor, guided: tor
     from tqdm.auto import tqdm
     n, steps = len(identities), preset.sample_steps
     noise = torch.randn(n, 3, *preset.image_size, generator=torch.Generator().manual_seed(preset.seed + 1))
-    states = torch.zeros(n, steps, 3, *preset.image_size, dtype=torch.float16)
-    targets = torch.zeros_like(states)
-    timesteps, scales = torch.zeros(steps, dtype=torch.long), torch.ones(n, steps)
+    bank = empty_bank(identities.float().cpu(), steps, preset.image_size)
     for on in (True, False):
         which = torch.nonzero(guided == on).flatten()
         for i in tqdm(range(0, len(which), batch), desc="teacher chains", disable=not progress, leave=False):
@@ -92,11 +90,24 @@ def trajectory_bank(teacher: IdentityUNet, identities: torch.Tensor, guided: tor
                         guidance_scale=preset.guidance_scale if on else 1.0,
                         guidance_steps=preset.guidance_steps or None, guidance_start=preset.guidance_start,
                         trace=trace)
-            for k, (x, t, w, pred) in enumerate(trace):
-                states[sel, k], targets[sel, k] = x.half().cpu(), pred.half().cpu()
-                timesteps[k], scales[sel, k] = int(t), float(w)
-    return {"states": states, "targets": targets, "ids": identities.float().cpu(), "timesteps": timesteps,
-            "scales": scales}
+            store_trace(bank, sel, trace)
+    return bank
+
+
+def empty_bank(ids: torch.Tensor, steps: int, size) -> dict:
+    """A bank for len(ids) chains of `steps` steps at image `size`: per chain and step the state
+    and the prediction stepped with (fp16), the scale; the timesteps; the identities."""
+    n = len(ids)
+    states = torch.zeros(n, steps, 3, *size, dtype=torch.float16)
+    return {"states": states, "targets": torch.zeros_like(states), "ids": ids,
+            "timesteps": torch.zeros(steps, dtype=torch.long), "scales": torch.ones(n, steps)}
+
+
+def store_trace(bank: dict, sel, trace: list) -> None:
+    """Write a `ddim_sample` trace [(x, timestep, scale, prediction) per step] into chains `sel`."""
+    for k, (x, t, w, pred) in enumerate(trace):
+        bank["states"][sel, k], bank["targets"][sel, k] = x.half().cpu(), pred.half().cpu()
+        bank["timesteps"][k], bank["scales"][sel, k] = int(t), float(w)
 
 
 def cached_bank(out: Path, key: str, make) -> dict:
@@ -123,14 +134,11 @@ def chain_ends(bank: dict, teacher: IdentityUNet) -> torch.Tensor:
 
 def engine_bank_plan(engine, n: int) -> tuple[np.ndarray, np.ndarray, str]:
     """The rows and seeds of an engine-drawn bank of `n` chains (every training row in turn, seeds
-    from 10,000: the benchmark draws 0-7) and its cache key (the engine's generation settings and
-    networks)."""
+    from 10,000: the benchmark draws 0-7) and its cache key (the engine's fingerprint, which holds
+    its generator, Img2ID, table and the preset's sampling settings)."""
     rows = np.arange(n) % engine.num_identities
     seeds = 10_000 + np.arange(n)
-    key = hashlib.sha1(repr(("deployed", n, engine.fingerprint_of("img2id"), engine.identity_steer,
-                             engine.identity_candidates, engine.guidance_scale, engine.guidance_start,
-                             engine.guidance_steps)).encode()).hexdigest()
-    return rows, seeds, key
+    return rows, seeds, hashlib.sha1(repr(("deployed", n, engine.fingerprint_of("img2id"))).encode()).hexdigest()
 
 
 def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset, out: Path, *,
@@ -216,19 +224,12 @@ def deployed_bank(engine, rows: np.ndarray, seeds: np.ndarray, progress: bool = 
     (guided and steered), the timestep and the scale; `trajectory_bank`'s format. What a
     one-pass student learns to follow: the whole deployed sampler, not only its guidance."""
     from tqdm.auto import tqdm
-    n, steps = len(rows), engine.preset.sample_steps
-    states = torch.zeros(n, steps, 3, *engine.image_size, dtype=torch.float16)
-    targets = torch.zeros_like(states)
-    timesteps, scales = torch.zeros(steps, dtype=torch.long), torch.ones(n, steps)
     ids = np.ascontiguousarray(engine.identity_table[np.asarray(rows)], np.float32)
-    k = engine.identity_candidates
-    for i in tqdm(range(0, n, batch), desc="deployed chains", disable=not progress, leave=False):
-        sl = slice(i, min(i + batch, n))
-        trace: list = []
+    bank = empty_bank(torch.from_numpy(ids), engine.preset.sample_steps, engine.image_size)
+    for i in tqdm(range(0, len(ids), batch), desc="deployed chains", disable=not progress, leave=False):
+        sl, trace = slice(i, i + batch), []
         with torch.inference_mode():
-            engine._draw(ids[sl], engine.candidate_noises([int(s) for s in seeds[sl]], k), trace=trace)
-        for j, (x, t, w, pred) in enumerate(trace):
-            states[sl, j], targets[sl, j] = x.half().cpu(), pred.half().cpu()
-            timesteps[j], scales[sl, j] = int(t), float(w)
-    return {"states": states, "targets": targets, "ids": torch.from_numpy(ids), "timesteps": timesteps,
-            "scales": scales}
+            engine._draw(ids[sl], engine.candidate_noises([int(s) for s in seeds[sl]], engine.identity_candidates),
+                         trace=trace)
+        store_trace(bank, sl, trace)
+    return bank
