@@ -60,6 +60,11 @@ class JointConfig:
     id_loss_weight: float = 0.0                      # CE of the frozen Img2ID on the predicted clean image
     id_loss_max_t: int = 700                         # ... for samples noised below this timestep
     id_loss_blur: float = 0.0                        # ... seen through a Gaussian blur of this sigma (pixels)
+    # rejection-sampling fine-tuning: so many pictures the --init weights' engine draws of the training
+    # rows as Generate shows them (guidance, Img2ID's steer, best of K by the photos; seeds 10,000+), of
+    # which a share `gen_bank_share` of each generator batch is made, under their rows (0: none)
+    gen_bank: int = 0
+    gen_bank_share: float = 0.5
 
 
 @dataclass
@@ -232,6 +237,8 @@ class Preset(UncertaintyConfig, BaselineConfig, PoseConfig, Img2NoiseConfig, Img
             raise ValueError("identity_steer and identity_steer_blur cannot be negative")
         if len(self.identity_steer_window) != 2 or self.identity_steer_window[0] > self.identity_steer_window[1]:
             raise ValueError(f"identity_steer_window is (lowest, highest) timestep, got {self.identity_steer_window}")
+        if not 0.0 <= self.gen_bank_share < 1.0:
+            raise ValueError(f"gen_bank_share is a share of each generator batch, in [0, 1), got {self.gen_bank_share}")
         if self.img2noise_flip and not self.img2noise_recon_weight:
             raise ValueError("img2noise_flip needs the chain loss (img2noise_recon_weight > 0): "
                              "a mirrored photo has no target noise")

@@ -48,8 +48,9 @@ PRECOMPUTED_FROM = {"identity_map": (), "photo_features": ("img2id",), "portrait
 # drawn under given noises and keep their key when it changes
 DRAWN_BY_SEED = ("portraits",)
 # preset fields no precomputed part depends on: every part is drawn from rows and noises, never from a
-# photo; how a distilled generator's bank was drawn shows in its weights, which are keyed themselves
-UNKEYED_FIELDS = {"known_identity_cos", "distill_bank_sampler"}
+# photo; what a generator learned from (a distilled one's chains, a fine-tuned one's own pictures) shows
+# in its weights, which are keyed themselves
+UNKEYED_FIELDS = {"known_identity_cos", "distill_bank_sampler", "gen_bank", "gen_bank_share"}
 # best of K by the identity's photos (`identity_likeness`): the kernel's sharpness over cosines,
 # exp(PHOTO_KERNEL * cos); chosen on the candidate bank of training identities (docs/benchmark_notes.md)
 PHOTO_KERNEL = 20.0

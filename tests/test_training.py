@@ -367,3 +367,41 @@ def test_distill_stage_learns_guidance_in_one_pass(identity_run, synthetic_marke
     ddim_sample(student, c[:1], torch.randn(1, 3, *preset.image_size, generator=g), guidance_scale=3.0,
                 guidance_start=2)
     assert calls == [1] * preset.sample_steps  # one pass per step, guided or not
+
+
+def test_joint_stage_learns_the_pictures_generate_keeps(identity_run, synthetic_market, tmp_path):
+    """gen_bank: the pictures the --init weights' engine shows for training rows by seed (guidance,
+    Img2ID's steer, best of 2) are drawn once and cached, and a share of each generator batch is
+    made of them under their rows: the generator then denoises those pictures better than the
+    same run without them does (rejection-sampling fine-tuning)."""
+    import shutil
+    from reid_core.schedule import make_scheduler
+    from reid_core.training.common import diffusion_loss
+    from reid_core.training.distill import engine_bank_plan
+    from reid_core.weights import PRESET_FILE
+    init = tmp_path / "init"
+    shutil.copytree(identity_run, init, ignore=shutil.ignore_patterns("checkpoints", "snapshots"))
+    sampling = dict(guidance_scale=3.0, guidance_start=2, identity_candidates=2, identity_steer=0.3)
+    dataclasses.replace(Preset.load(init / PRESET_FILE), **sampling).save(init / PRESET_FILE)
+    run = dict(**sampling, img2id_steps=0, gen_steps=200, gen_lr=1e-3, gen_warmup=5)
+    with_bank = train(synthetic_market, get_preset("tiny", **run, gen_bank=12, gen_bank_share=0.5),
+                      tmp_path / "b", stages=["joint"], init=init, progress=False)
+    without = train(synthetic_market, get_preset("tiny", **run), tmp_path / "n", stages=["joint"], init=init,
+                    progress=False)
+
+    engine = ReIDEngine.from_pretrained(init, load_baseline=False)
+    rows, seeds, _ = engine_bank_plan(engine, 12, "deployed pictures")
+    with np.load(with_bank / "checkpoints" / "deployed_pictures.npz") as z:
+        images, bank_rows = z["images"], z["rows"]
+    assert bank_rows.tolist() == rows.tolist()
+    shown = np.stack([np.asarray(engine.generate(engine.identity_table[r], seed=int(s))[0]) for r, s in zip(rows, seeds)])
+    assert np.abs(images.astype(int) - shown).max() <= 1
+
+    def loss_on_bank(gen) -> float:  # the training loss, on the same noises and levels for both
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            return float(diffusion_loss(gen, make_scheduler(), x0.repeat(8, 1, 1, 1),
+                                        gen.identity_rows(torch.from_numpy(bank_rows).long()).repeat(8, 1),
+                                        torch.Generator().manual_seed(0)))
+    learned, plain = loss_on_bank(load_component(with_bank, "generator")), loss_on_bank(load_component(without, "generator"))
+    assert learned < 0.9 * plain, (learned, plain)

@@ -41,6 +41,7 @@ from .loop import TrainLoop, warmup_cosine
 from .snapshots import snapshot_writer
 
 BANK_FILE = "distill_bank.npz"
+PICTURES_FILE = "deployed_pictures.npz"
 
 
 def student_of(teacher: IdentityUNet) -> IdentityUNet:
@@ -110,13 +111,14 @@ def store_trace(bank: dict, sel, trace: list) -> None:
         bank["timesteps"][k], bank["scales"][sel, k] = int(t), float(w)
 
 
-def cached_bank(out: Path, key: str, make) -> dict:
-    """A bank of chains, cached in the run's checkpoints under `key` (what it was made from)."""
-    path = Path(out) / "checkpoints" / BANK_FILE
+def cached_bank(out: Path, key: str, make, name: str = BANK_FILE) -> dict:
+    """A bank (a dict of tensors: chains, or pictures), cached in the run's checkpoints as `name`
+    under `key` (what it was made from)."""
+    path = Path(out) / "checkpoints" / name
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key:
-                return {k: torch.from_numpy(z[k]) for k in ("states", "targets", "ids", "timesteps", "scales")}
+                return {k: torch.from_numpy(z[k]) for k in z.files if k != "key"}
     bank = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savez(path, key=np.array(key), **{k: v.numpy() for k, v in bank.items()})
@@ -132,13 +134,31 @@ def chain_ends(bank: dict, teacher: IdentityUNet) -> torch.Tensor:
                                  ).prev_sample.clamp(-1.0, 1.0) for i in range(0, len(bank["ids"]), 256)])
 
 
-def engine_bank_plan(engine, n: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """The rows and seeds of an engine-drawn bank of `n` chains (every training row in turn, seeds
-    from 10,000: the benchmark draws 0-7) and its cache key (the engine's fingerprint, which holds
-    its generator, Img2ID, table and the preset's sampling settings)."""
+def engine_bank_plan(engine, n: int, what: str = "deployed") -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows and seeds of an engine-drawn bank of `n` chains or pictures (`what`; every training
+    row in turn, seeds from 10,000: the benchmark draws 0-7) and its cache key (the engine's
+    fingerprint, which holds its generator, Img2ID, table and the preset's sampling settings)."""
     rows = np.arange(n) % engine.num_identities
     seeds = 10_000 + np.arange(n)
-    return rows, seeds, hashlib.sha1(repr(("deployed", n, engine.fingerprint_of("img2id"))).encode()).hexdigest()
+    return rows, seeds, hashlib.sha1(repr((what, n, engine.fingerprint_of("img2id"))).encode()).hexdigest()
+
+
+def engine_pictures(init: Path, n: int, out: Path, device: str = "cpu", progress: bool = True) -> dict:
+    """The pictures Generate shows of `n` training rows (`engine_bank_plan`'s) with the weights in
+    `init`: {"images": uint8 (n, H, W, 3), "rows": (n,)}, cached in the run's checkpoints."""
+    from ..engine import ReIDEngine
+    engine = ReIDEngine.from_pretrained(init, device=device, load_baseline=False)
+    rows, seeds, key = engine_bank_plan(engine, n, "deployed pictures")
+
+    @torch.no_grad()
+    def draw(batch: int = 32) -> dict:
+        from tqdm.auto import tqdm
+        images = np.zeros((n, *engine.image_size, 3), np.uint8)
+        for i in tqdm(range(0, n, batch), desc="deployed pictures", disable=not progress, leave=False):
+            shown = engine.generate(engine.identity_table[rows[i:i + batch]], seed=[int(s) for s in seeds[i:i + batch]])
+            images[i:i + len(shown)] = np.stack([np.asarray(im) for im in shown])
+        return {"images": torch.from_numpy(images), "rows": torch.from_numpy(rows)}
+    return cached_bank(out, key, draw, name=PICTURES_FILE)
 
 
 def train_distill(data: TrainData, teacher: IdentityUNet, img2id, preset: Preset, out: Path, *,

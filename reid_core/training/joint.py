@@ -16,6 +16,12 @@ generator. One stage, two phases over one optimizer:
    (and its mirror) are computed once: on a CPU that is what makes the phase affordable.
 
 At sampling, training identity k is the row P_k / |P_k|; a photo's identity is Img2ID's f.
+
+`gen_bank` > 0 (rejection-sampling fine-tuning, as RAFT, Dong et al. 2023, does for other
+generators): the --init weights' engine draws that many pictures of the training rows as Generate
+shows them (guidance, Img2ID's steer, best of K by the photos; `distill.engine_pictures`), and a
+share `gen_bank_share` of each phase-2 batch is made of them under their rows. The generator
+learns what the deployed sampler keeps, so that fewer draws, or cheaper ones, find it.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from ..losses import batch_hard_triplet_loss, label_smoothed_ce, prototype_logit
 from ..schedule import make_scheduler
 from .augment import Augment, PKSampler, augment
 from .common import (TrainData, channels_last, crops_tensor, diffusion_loss, finish, flip_where, loss_record, new_generator,
-                     new_img2id, start_weights, write_log)
+                     new_img2id, start_weights, to_tensor, write_log)
 from .generator import make_sampler
 from .loop import TrainLoop, warmup_cosine, warmup_steps
 from .snapshots import snapshot_writer
@@ -56,21 +62,26 @@ def dcac_condition(logits: torch.Tensor, table: torch.Tensor, tau: float) -> tor
 
 
 def joint_generator_loss(gen, enc, sched, x0: torch.Tensor, pooled: torch.Tensor, y: torch.Tensor,
-                         preset: Preset, g: torch.Generator) -> dict:
+                         preset: Preset, g: torch.Generator, bank: tuple | None = None) -> dict:
     """Phase 2's losses for one batch: images x0 (B, 3, H, W), Img2ID's pooled features of
     the same images (B, feature_dim), labels y. The diffusion loss reaches Img2ID's head and
-    the table through the condition c; the discriminative loss keeps them discriminative."""
+    the table through the condition c; the discriminative loss keeps them discriminative.
+    `bank` (pictures (B', 3, H, W), rows (B',)): generated pictures the diffusion loss also
+    reads, each under its row as Generate draws it (`gen_bank`)."""
     table = gen.identity_embedding.weight
     disc, f, logits = discriminative_loss(enc, pooled, table, y, preset, triplet_on_pooled=False)
     c = dcac_condition(logits, table, preset.dcac_tau)
     own = (torch.rand(len(y), generator=g) < preset.cond_from_image).to(x0.device)
     c = torch.where(own[:, None], f, c)
-    drop = (torch.rand(len(y), generator=g) < preset.identity_dropout).to(x0.device) \
+    if bank is not None:
+        x0, c = torch.cat([x0, bank[0]]), torch.cat([c, gen.identity_rows(bank[1])])
+    drop = (torch.rand(len(x0), generator=g) < preset.identity_dropout).to(x0.device) \
         if preset.identity_dropout else None
     diff, x0_hat, t = diffusion_loss(gen, sched, x0, c, g, preset.gen_loss, drop, snr_gamma=preset.snr_gamma,
                                      with_x0=True)
     out = {"loss": diff + disc, "diffusion": diff, "acc": (logits.argmax(1) == y).float().mean()}
-    if preset.id_loss_weight:
+    if preset.id_loss_weight:  # on the real images only
+        x0_hat, t, drop = x0_hat[:len(y)], t[:len(y)], None if drop is None else drop[:len(y)]
         keep = (t.to(x0.device) < preset.id_loss_max_t) & (True if drop is None else ~drop)
         seen = gaussian_blur(x0_hat[keep].clamp(-1, 1), preset.id_loss_blur)
         out["identity"] = recognition_loss(enc, seen, table, y[keep], preset) if keep.any() else x0_hat.new_zeros(())
@@ -134,7 +145,14 @@ def train_joint(data: TrainData, preset: Preset, out: Path, *, init: Path | None
     sched = make_scheduler()
     aug = Augment(flip=True, pad=preset.img2id_size[1] // 8, random_erasing=preset.img2id_erase)
     id_sampler = PKSampler(data.labels, min(preset.img2id_batch // preset.img2id_K, data.num_ids), preset.img2id_K)
-    gen_sampler = make_sampler(data, preset.gen_batch, preset.gen_K or 4)
+    n_bank = int(round(preset.gen_batch * preset.gen_bank_share)) if preset.gen_bank else 0
+    if n_bank:
+        if init is None:
+            raise ValueError("gen_bank is drawn by the --init weights' engine: give --init")
+        from .distill import engine_pictures
+        bank = engine_pictures(init, preset.gen_bank, out, device, progress)
+        bank_images, bank_rows = to_tensor(bank["images"].numpy()), bank["rows"].long()
+    gen_sampler = make_sampler(data, preset.gen_batch - n_bank, preset.gen_K or 4)
     labels = data.labels_t
     cache: dict[str, torch.Tensor] = {}
     loop = TrainLoop("joint", out, seed=preset.seed, steps=total, modules={"generator": gen, "img2id": enc},
@@ -157,7 +175,11 @@ def train_joint(data: TrainData, preset: Preset, out: Path, *, init: Path | None
         flip = torch.rand(len(idx), generator=g) < 0.5
         x0 = flip_where(data.images[idx], flip).to(device)
         pooled = cache["pooled"][flip.long(), idx].to(device)
-        return joint_generator_loss(gen, enc, sched, x0, pooled, labels[idx].to(device), preset, g)
+        extra = None
+        if n_bank:
+            j = torch.from_numpy(rng.integers(0, len(bank_rows), n_bank))
+            extra = (flip_where(bank_images[j], torch.rand(n_bank, generator=g) < 0.5).to(device), bank_rows[j].to(device))
+        return joint_generator_loss(gen, enc, sched, x0, pooled, labels[idx].to(device), preset, g, bank=extra)
 
     def step_fn(step, rng, g):
         # the trunk gets no gradient in phase 2 (its features come from the cache): Adam skips it
