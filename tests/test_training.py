@@ -375,6 +375,7 @@ def test_joint_stage_learns_the_pictures_generate_keeps(identity_run, synthetic_
     made of them under their rows: the generator then denoises those pictures better than the
     same run without them does (rejection-sampling fine-tuning)."""
     import shutil
+    from reid_core.data import to_tensor
     from reid_core.schedule import make_scheduler
     from reid_core.training.common import diffusion_loss
     from reid_core.training.distill import engine_bank_plan
@@ -398,9 +399,8 @@ def test_joint_stage_learns_the_pictures_generate_keeps(identity_run, synthetic_
     assert np.abs(images.astype(int) - shown).max() <= 1
 
     def loss_on_bank(gen) -> float:  # the training loss, on the same noises and levels for both
-        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
-            return float(diffusion_loss(gen, make_scheduler(), x0.repeat(8, 1, 1, 1),
+            return float(diffusion_loss(gen, make_scheduler(), to_tensor(images).repeat(8, 1, 1, 1),
                                         gen.identity_rows(torch.from_numpy(bank_rows).long()).repeat(8, 1),
                                         torch.Generator().manual_seed(0)))
     learned, plain = loss_on_bank(load_component(with_bank, "generator")), loss_on_bank(load_component(without, "generator"))
