@@ -33,6 +33,36 @@ TOO_LARGE = "That photo cannot be used: it is far too large (over 179 Mpixels); 
 BAD_IMAGE = (ImageError, Image.DecompressionBombError)  # what reading an upload can raise
 
 
+QUICK_DRAW = "Quick: one draw"
+DRAW_HELP = ("Best of K draws each picture under K noises and keeps the one Img2ID finds likeliest to be "
+             "the identity; one draw is several times faster and a little less sure of the identity")
+
+
+def best_draw(k: int) -> str:
+    return f"Best of {k}: truest to the identity"
+
+
+def draw_choices(engine) -> list[str]:
+    """How Generate may draw a picture: best of the engine's K (its default), or once."""
+    k = engine.identity_candidates
+    return [best_draw(k), QUICK_DRAW] if k > 1 else [QUICK_DRAW]
+
+
+def draw_candidates(engine, choice) -> int | None:
+    """A `draw_choices` label -> `engine.generate`'s `candidates` (None: the engine's own)."""
+    if not choice or choice == best_draw(engine.identity_candidates):
+        return None
+    if choice == QUICK_DRAW:
+        return 1
+    raise ValueError(f"choose how to draw: {' or '.join(draw_choices(engine))}")
+
+
+def draw_words(engine, candidates: int | None) -> str:
+    """For a caption: 'best of 6' or 'one draw'."""
+    k = engine.identity_candidates if candidates is None else candidates
+    return f"best of {k}" if k > 1 else "one draw"
+
+
 def display_scale(engine) -> int:
     """Nearest-neighbour enlargement for display: x4 at 64x32, more for smaller models."""
     return max(SCALE, 128 // max(1, engine.image_size[1]))

@@ -186,15 +186,17 @@ class ReIDApp:
     # ------------------------------------------------------------ generate
     @_plain_errors
     def generate(self, source: str, index, prior_seed, photo, seeds, steps=None, pose_mode=NO_POSE,
-                 pose_index=0, pose_photo=None):
+                 pose_index=0, pose_photo=None, draw=None):
         """Identity (training index / prior sample / photo) x seeds [x pose] -> (grid image, caption).
 
         pose_mode: NO_POSE, LIBRARY_POSE (pose_index into the engine's pose library) or
-        PHOTO_POSE (the pose of the person in pose_photo).
+        PHOTO_POSE (the pose of the person in pose_photo). draw: a `common.draw_choices` label
+        (None: the engine's best of K).
         """
         vector, what = common.choose_identity(self.engine, source, index, prior_seed, photo)
         seed_list = common.parse_seeds(seeds)
         steps = int(steps) if steps else None
+        k = common.draw_candidates(self.engine, draw)
         pose = None
         if pose_mode == LIBRARY_POSE:
             pose = int(pose_index or 0)
@@ -205,12 +207,12 @@ class ReIDApp:
         if pose is not None and not self.engine.has_pose_model:
             raise user_error("These weights have no pose-conditioned generator.")
         if pose is None:
-            images = self.memory.generate(vector, seed_list, steps)
+            images = self.memory.generate(vector, seed_list, steps, k)
         else:
-            images = self.engine.generate(vector, seed=seed_list, steps=steps, pose=pose)
+            images = self.engine.generate(vector, seed=seed_list, steps=steps, pose=pose, candidates=k)
         cols = min(8, len(images))
         caption = (f"**{len(images)} image(s)** of {what}, seeds {', '.join(map(str, seed_list))}"
-                   f" · {steps or self.engine.preset.sample_steps} DDIM steps")
+                   f" · {steps or self.engine.preset.sample_steps} DDIM steps · {common.draw_words(self.engine, k)}")
         return grid(images, cols=cols, scale=self.scale), caption
 
     def initial_outputs(self, photo):
@@ -550,6 +552,9 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
                                          elem_id="gen-seeds")
                     with gr.Accordion("Options", open=False):
                         g_steps = gr.Slider(1, 50, value=engine.preset.sample_steps, step=1, label="DDIM steps")
+                        draws = common.draw_choices(engine)
+                        g_draw = gr.Radio(draws, value=draws[0], label="Drawing", info=common.DRAW_HELP,
+                                          visible=len(draws) > 1, elem_id="gen-draw")
                     with gr.Accordion("Pose", open=engine.has_pose_model, visible=engine.has_pose_model):
                         g_pose_mode = gr.Radio(list(POSE_MODES), value=NO_POSE, label="Pose",
                                                info="None: the pose lives in the noise (the paper's way)",
@@ -571,7 +576,7 @@ def build_demo(engine, gallery: str | None = None) -> gr.Blocks:
             gr.Examples([[p] for p in examples], inputs=[g_photo], label="Example photos (click, then "
                         "choose 'From a photo')", examples_per_page=12)
             g_btn.click(app.generate, [g_source, g_index, g_prior, g_photo, g_seeds, g_steps,
-                                       g_pose_mode, g_pose_index, g_pose_photo],
+                                       g_pose_mode, g_pose_index, g_pose_photo, g_draw],
                         [g_out, g_caption], api_name="generate", **MODEL)
 
         # ---------------------------------------------------------- Invert

@@ -108,6 +108,8 @@ def tab_generate(engine, scale):
         source, index, prior_seed, photo = identity_controls(engine, "gen")
         seeds = st.text_input("Noise seeds (e.g. 0-7 or 1, 5, 9; at most 16)", "0-3", key="gen-seeds")
         steps = st.slider("DDIM steps", 1, 50, int(engine.preset.sample_steps), key="gen-steps")
+        draws = common.draw_choices(engine)
+        draw = st.radio("Drawing", draws, key="gen-draw", help=common.DRAW_HELP) if len(draws) > 1 else None
         pose = None
         if engine.has_pose_model and engine.pose_library():
             n = len(engine.pose_library())
@@ -127,10 +129,13 @@ def tab_generate(engine, scale):
                 else:  # the first visit shows a result
                     vector, what = engine.identity_table[0], "training identity #0"
                     seed_list, steps = [0, 1, 2, 3], engine.preset.sample_steps
-                images = engine.generate(vector, seed=seed_list, steps=int(steps), pose=pose if go else None)
+                k = common.draw_candidates(engine, draw) if go else None
+                images = engine.generate(vector, seed=seed_list, steps=int(steps), pose=pose if go else None,
+                                         candidates=k)
                 st.session_state["gen-result"] = (grid(images, cols=min(8, len(images)), scale=1, pad=1),
                                                   f"{len(images)} image(s) of {what}, seeds "
-                                                  f"{', '.join(map(str, seed_list))}")
+                                                  f"{', '.join(map(str, seed_list))}, "
+                                                  f"{common.draw_words(engine, k)}")
             except (ValueError, *BAD_IMAGE) as e:
                 show_error(e)
         if "gen-result" in st.session_state:

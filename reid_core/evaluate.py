@@ -197,18 +197,19 @@ def calibrate_verdict(engine, data, progress: bool = True):
     return verdict, scores
 
 
-def generate_rows(engine, rows, seeds, pose=None, batch: int = 256) -> np.ndarray:
+def generate_rows(engine, rows, seeds, pose=None, batch: int = 256, candidates: int | None = None) -> np.ndarray:
     """uint8 images (len(rows) * len(seeds), H, W, 3) of training identities `rows`, each
-    seeded `row * 1000 + seed` (as a user asks for them: drawn `engine.identity_candidates`
-    times where the engine does so), row-major."""
+    seeded `row * 1000 + seed` (as a user asks for them: drawn `candidates` times, by default
+    `engine.identity_candidates`), row-major."""
     rows = np.asarray(rows)
     ids = np.repeat(engine.identity_table[rows], len(seeds), 0)
     all_seeds = [int(r) * 1000 + int(s) for r in rows for s in seeds]
-    batch = max(1, batch // engine.identity_candidates)
+    k = engine.identity_candidates if candidates is None else int(candidates)
+    batch = max(1, batch // k)
     out = []
     for i in range(0, len(ids), batch):
         out.append(np.stack([np.asarray(im) for im in engine.generate(ids[i:i + batch], seed=all_seeds[i:i + batch],
-                                                                     pose=pose)]))
+                                                                     pose=pose, candidates=k)]))
     return np.concatenate(out)
 
 
@@ -316,10 +317,12 @@ def pixel_spread(groups: np.ndarray) -> float:
     return float((groups.astype(np.float32) / 255.0).std(axis=1).mean())
 
 
-def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), progress: bool = False) -> dict:
+def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), progress: bool = False,
+                         candidates: int | None = None) -> dict:
     """Does the generator obey identity? Generate every training identity in `rows` (default:
     all) under len(seeds) noises and let the judge (a classifier trained on real images
-    only) name them.
+    only) name them. `candidates`: how many times each picture is drawn (default: as the
+    engine draws it, `identity_candidates`).
 
     Returns top-1 / top-5 accuracy, how often two noises of one identity are named alike,
     and diversity: the mean per-pixel std across one identity's noises, relative to the
@@ -330,7 +333,8 @@ def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), 
     rows = np.arange(engine.num_identities) if rows is None else np.asarray(rows)
     seeds = list(seeds)
     t0 = time.perf_counter()
-    imgs = generate_rows(engine, rows, seeds)
+    k = engine.identity_candidates if candidates is None else int(candidates)
+    imgs = generate_rows(engine, rows, seeds, candidates=k)
     pred, probs = classify_images(judge, imgs, device=engine.device, return_probs=True)
     truth = np.repeat(rows, len(seeds))
     top5 = np.argsort(-probs, axis=1)[:, :5]
@@ -348,7 +352,7 @@ def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), 
             "diversity": gen_spread / real_spread if real_groups else float("nan"),
             "judge_accuracy_on_real_train": float(np.mean(classify_images(judge, train.images) == labels)),
             "guidance_scale": engine.guidance_scale, "identity_steer": engine.identity_steer,
-            "identity_candidates": engine.identity_candidates,
+            "identity_candidates": k,
             "chooser": "photos" if engine.photo_bank is not None else "rows", "seconds": time.perf_counter() - t0}
 
 

@@ -166,7 +166,7 @@ class Explorer:
 
     def __init__(self, engine):
         self._engine = weakref.ref(engine)  # the engine owns its explorer, not the other way round
-        self.generated = Memo(64)           # (vector bytes, seeds, steps) -> [PIL images]
+        self.generated = Memo(64)           # (vector bytes, seeds, steps, candidates) -> [PIL images]
         self.inversions = Memo(32)          # (sha1 of the prepared photo, method) -> Inversion
         self.portraits = Memo(max(2048, engine.num_identities + 64))  # (index, seed) -> PIL image
         self.sensitivities = Memo(128)      # (vector bytes, seed, delta, steps) -> (num_axes,)
@@ -181,19 +181,21 @@ class Explorer:
         return engine
 
     # ---- generation and inversion
-    def _generation_key(self, identity, seeds, steps):
+    def _generation_key(self, identity, seeds, steps, candidates=None):
         vector = self.engine.resolve_identity(identity)
-        return vector, (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps)
+        k = self.engine.identity_candidates if candidates is None else int(candidates)
+        return vector, (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps, k)
 
     def _inversion_key(self, photo, method):
         arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
         return arr, (hashlib.sha1(arr.tobytes()).hexdigest(), method)
 
-    def generate(self, identity, seeds: Sequence[int], steps: int | None = None) -> list[Image.Image]:
-        """`engine.generate(identity, seed=seeds, steps=steps)`, remembered."""
-        vector, key = self._generation_key(identity, seeds, steps)
+    def generate(self, identity, seeds: Sequence[int], steps: int | None = None,
+                 candidates: int | None = None) -> list[Image.Image]:
+        """`engine.generate(identity, seed=seeds, steps=steps, candidates=candidates)`, remembered."""
+        vector, key = self._generation_key(identity, seeds, steps, candidates)
         return list(self.generated.get_or_compute(
-            key, lambda: self.engine.generate(vector, seed=list(key[1]), steps=steps)))
+            key, lambda: self.engine.generate(vector, seed=list(key[1]), steps=steps, candidates=key[3])))
 
     def invert(self, photo, method: str = "img2noise"):
         """`engine.invert(photo, method)`, remembered by the prepared photo's content."""

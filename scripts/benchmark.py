@@ -134,6 +134,15 @@ def bench_consistency(engine, data, quick: bool) -> dict:
     return identity_consistency(engine, engine.baseline, data, rows=rows, seeds=range(8))
 
 
+def bench_consistency_quick(engine, data, quick: bool) -> dict:
+    """The consistency figure for the apps' quick draw: every picture drawn once (no best of K)."""
+    if engine.baseline is None:
+        return {"skipped": "no baseline in these weights"}
+    n = engine.num_identities
+    rows = np.arange(n) if not quick else np.linspace(0, n - 1, 100).astype(int)
+    return identity_consistency(engine, engine.baseline, data, rows=rows, seeds=range(8), candidates=1)
+
+
 def bench_inversion(engine, data, quick: bool) -> dict:
     from skimage.metrics import structural_similarity
     q = load_split(data, "query", engine.image_size, progress=False)
@@ -157,6 +166,7 @@ def bench_speed(engine, weights: Path, quick: bool) -> dict:
     res = {
         "threads": torch.get_num_threads(),  # sections may be measured by runs with other thread counts
         "generate_1": timeit(lambda: engine.generate(0, seed=0), r),
+        "generate_1_quick": timeit(lambda: engine.generate(0, seed=0, candidates=1), r),
         "generate_8": timeit(lambda: engine.generate(0, seed=list(range(8))), max(5, r // 2)),
         "invert_1": timeit(lambda: engine.invert(photo), r),
     }
@@ -561,6 +571,23 @@ def _by_command(commands: dict) -> dict:
     return out
 
 
+def drawing_rows(best: dict, quick: dict, speed: dict) -> list[str]:
+    """The apps' two ways to draw a picture (Generate's "Drawing" option), each with its
+    consistency figure and its time: the trade a visitor makes."""
+    if "top1" not in quick:
+        return []
+    def ms(key):
+        return f"{speed[key]['p50_ms']:.0f} ms" if key in speed else "not measured"
+    return ["Generate's *Drawing* option trades identity for time (same protocol and judge; one picture, "
+            f"{speed.get('threads', '?')} threads, p50):", "",
+            "| drawing | judge top-1 | top-5 | two noises agree | diversity | one picture |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *(f"| {name} | {_pct(c['top1'])} | {_pct(c['top5'])} | {_pct(c['seed_agreement'])} | "
+              f"{c['diversity']:.2f} | {ms(key)} |"
+              for name, c, key in ((f"best of {best['identity_candidates']} (the default)", best, "generate_1"),
+                                   ("quick: one draw", quick, "generate_1_quick"))), ""]
+
+
 def report(res: dict, out: Path) -> str:
     commands = res.get("commands") or {"all": res.get("command", "?")}
     L = ["# Benchmarks", "",
@@ -659,6 +686,7 @@ def report(res: dict, out: Path) -> str:
               f"training identities: top-1 **{_pct(c['top1'])}**, top-5 {_pct(c['top5'])}; two noises of one "
               f"identity are named alike {_pct(c['seed_agreement'])} of the time. The judge's own accuracy on the "
               f"real training images: {_pct(c['judge_accuracy_on_real_train'])}.", ""]
+        L += drawing_rows(c, res.get("consistency_quick", {}), res.get("speed", {}))
     abl = out / "ablation.json"
     if abl.exists():
         rows = json.loads(abl.read_text())
@@ -702,8 +730,10 @@ def report(res: dict, out: Path) -> str:
     s = res.get("speed")
     if s:
         L += ["## Speed on this machine (CPU, p50 / p95)", "", "| operation | p50 | p95 |", "| --- | --- | --- |"]
-        for k in ("generate_1", "generate_8", "invert_1", "embed_256", "search_top10_in_20000"):
-            L.append(f"| {k.replace('_', ' ')} | {s[k]['p50_ms']:.1f} ms | {s[k]['p95_ms']:.1f} ms |")
+        names = {"generate_1_quick": "generate 1, quick (one draw)"}
+        for k in ("generate_1", "generate_1_quick", "generate_8", "invert_1", "embed_256", "search_top10_in_20000"):
+            if k in s:
+                L.append(f"| {names.get(k, k.replace('_', ' '))} | {s[k]['p50_ms']:.1f} ms | {s[k]['p95_ms']:.1f} ms |")
         L += [f"| engine cold start (import + load + first image) | {s['cold_start_s']['p50']:.2f} s | max {s['cold_start_s']['max']:.2f} s |",
               "", f"Img2ID embedding: {s['embed_images_per_s']:.0f} images/s in batches of 256.", ""]
     t = res.get("training", {})
@@ -826,7 +856,7 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the sections of the existing benchmarks.json that this run does not measure")
     ap.add_argument("--sections", nargs="+",
-                    default=["reid", "retrieval", "centralization", "consistency", "inversion", "speed", "pose", "sliders", "swap",
+                    default=["reid", "retrieval", "centralization", "consistency", "consistency_quick", "inversion", "speed", "pose", "sliders", "swap",
                              "swap_unseen", "pictures"])
     a = ap.parse_args()
     if a.report_only:
@@ -845,6 +875,7 @@ def main() -> None:
              "retrieval": lambda: bench_retrieval(engine, a.data),
              "centralization": lambda: bench_centralization(engine, a.data, a.quick),
              "consistency": lambda: bench_consistency(engine, a.data, a.quick),
+             "consistency_quick": lambda: bench_consistency_quick(engine, a.data, a.quick),
              "inversion": lambda: bench_inversion(engine, a.data, a.quick),
              "speed": lambda: bench_speed(engine, a.weights, a.quick),
              "pose": lambda: bench_pose(engine, a.data, a.quick),

@@ -77,6 +77,32 @@ def test_generate_from_every_identity_source(app, engine, photo):
     assert np.array_equal(np.asarray(app.generate(TRAINING, 3, 0, None, "0-3")[0]), np.asarray(img))
 
 
+def test_generate_draws_quick_or_best_of_k(app, engine, monkeypatch):
+    from app.gradio_app import LIBRARY_POSE, NO_POSE
+    from reid_core.explore import grid
+
+    def pixels(x):
+        return np.asarray((x if isinstance(x, Image.Image) else Image.open(x)).convert("RGB"))
+
+    monkeypatch.setattr(engine, "identity_candidates", 3)
+    best, quick = common.draw_choices(engine)
+    assert quick == common.QUICK_DRAW
+    shown = {}
+    for draw, k, words in ((best, 3, "best of 3"), (quick, 1, "one draw"), (None, 3, "best of 3")):
+        img, cap = app.generate(TRAINING, 2, 0, None, "0-5", None, NO_POSE, 0, None, draw)
+        expected = grid(engine.generate(2, seed=list(range(6)), candidates=k), cols=6, scale=app.scale)
+        assert np.array_equal(pixels(img), pixels(expected)) and words in cap
+        shown[k] = pixels(img)
+    assert not np.array_equal(shown[1], shown[3])   # some seed's kept candidate is not its first
+    posed, cap = app.generate(TRAINING, 2, 0, None, "0", None, LIBRARY_POSE, 0, None, quick)
+    expected = grid(engine.generate(2, seed=0, pose=0, candidates=1), cols=1, scale=app.scale)
+    assert np.array_equal(pixels(posed), pixels(expected)) and "one draw" in cap
+    with pytest.raises(gr.Error, match="choose how to draw"):
+        app.generate(TRAINING, 2, 0, None, "0", None, NO_POSE, 0, None, "Best of 99")
+    monkeypatch.setattr(engine, "identity_candidates", 1)
+    assert common.draw_choices(engine) == [common.QUICK_DRAW]   # nothing to choose: the control hides
+
+
 @pytest.mark.parametrize("args, message", [
     ((TRAINING, 999, 0, None, "0"), "index"),
     ((TRAINING, -1, 0, None, "0"), "index"),

@@ -49,3 +49,27 @@ def test_unseen_swap_ranks_each_result_as_a_query_of_its_person(bench, tiny_weig
         if (g.pids[valid] == pid).any():
             hits.append(g.pids[valid][np.argmax(gf[valid] @ f)] == pid)
     assert out["real"]["rank1"] == pytest.approx(np.mean(hits))
+
+
+def test_the_quick_draw_figure_draws_each_picture_once(bench, tiny_weights, synthetic_market, monkeypatch):
+    from reid_core.engine import ReIDEngine
+    from reid_core.evaluate import generate_rows, identity_consistency
+    engine = ReIDEngine.from_pretrained(tiny_weights, device="cpu")
+    monkeypatch.setattr(engine, "identity_candidates", 3)
+    rows, seeds = np.array([0, 2]), range(3)
+    quick, best = (generate_rows(engine, rows, seeds, candidates=k) for k in (1, None))
+    by_hand = [np.asarray(engine.generate(int(r), seed=int(r) * 1000 + s, candidates=k)[0])
+               for k in (1, 3) for r in rows for s in seeds]
+    assert np.array_equal(quick, np.stack(by_hand[:6])) and np.array_equal(best, np.stack(by_hand[6:]))
+    assert not np.array_equal(quick, best)
+    out = bench.bench_consistency_quick(engine, synthetic_market, quick=True)
+    assert out["identity_candidates"] == 1 and engine.identity_candidates == 3
+    again = identity_consistency(engine, engine.baseline, synthetic_market, rows=np.linspace(
+        0, engine.num_identities - 1, 100).astype(int), seeds=range(8), candidates=1)
+    figures = ("top1", "top5", "seed_agreement", "identities", "pixel_std_generated", "identity_candidates")
+    assert {k: out[k] for k in figures} == {k: again[k] for k in figures}
+    # the report shows the trade beside the default's figure
+    speed = {"threads": 2, "generate_1": {"p50_ms": 700.0}, "generate_1_quick": {"p50_ms": 180.0}}
+    rows = bench.drawing_rows(out | {"identity_candidates": 3}, out, speed)
+    assert any("best of 3 (the default)" in r and "700 ms" in r for r in rows)
+    assert any("quick: one draw" in r and "180 ms" in r for r in rows)
