@@ -185,7 +185,15 @@ def bench_speed(engine, weights: Path, quick: bool) -> dict:
     colds = [float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                   check=True).stdout.strip().splitlines()[-1]) for _ in range(2 if quick else 3)]
     res["cold_start_s"] = {"p50": float(np.median(colds)), "max": float(max(colds))}
+    res["matmul_gflops"] = machine_gflops()
     return res
+
+
+def machine_gflops(n: int = 1024, repeats: int = 50) -> float:
+    """How fast this CPU ran during the measurement: fp32 n x n matmuls at the run's threads
+    (p50). Shared machines vary by half from day to day; the speed figures read beside it."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / (timeit(lambda: a @ b, repeats)["p50_ms"] / 1000) / 1e9
 
 
 def _load_bench_pose():
@@ -735,7 +743,10 @@ def report(res: dict, out: Path) -> str:
             if k in s:
                 L.append(f"| {names.get(k, k.replace('_', ' '))} | {s[k]['p50_ms']:.1f} ms | {s[k]['p95_ms']:.1f} ms |")
         L += [f"| engine cold start (import + load + first image) | {s['cold_start_s']['p50']:.2f} s | max {s['cold_start_s']['max']:.2f} s |",
-              "", f"Img2ID embedding: {s['embed_images_per_s']:.0f} images/s in batches of 256.", ""]
+              "", f"Img2ID embedding: {s['embed_images_per_s']:.0f} images/s in batches of 256."
+              + (f" The CPU's fp32 matmul rate during these timings: {s['matmul_gflops']:.0f} GFLOPS "
+                 f"(a shared machine's speed varies from day to day; read the timings beside it)."
+                 if "matmul_gflops" in s else ""), ""]
     t = res.get("training", {})
     if t:
         L += ["## Training (from the weights' training log)", "", "| stage | steps | minutes | loss at the end |",
