@@ -464,7 +464,8 @@ def _mark(ok: bool) -> str:
 
 
 def _weights_mb(weights: Path) -> float:
-    return sum(f.stat().st_size for f in Path(weights).rglob("*") if f.is_file()) / 2 ** 20
+    """The folder's size in MB of 10^6 bytes (the stricter reading of the 24 MB budget: 2^20 gives 5% less)."""
+    return sum(f.stat().st_size for f in Path(weights).rglob("*") if f.is_file()) / 1e6
 
 
 def _training(weights: Path) -> dict:
