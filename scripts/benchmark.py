@@ -126,21 +126,14 @@ def sampling_setting(c: dict) -> str:
     return ", ".join(words)
 
 
-def bench_consistency(engine, data, quick: bool) -> dict:
+def bench_consistency(engine, data, quick: bool, candidates: int | None = None) -> dict:
+    """Identity consistency of the training rows as Generate draws them (`candidates` None: best of
+    the engine's K; 1: the apps' quick drawing, each picture drawn once)."""
     if engine.baseline is None:
         return {"skipped": "no baseline in these weights"}
     n = engine.num_identities
     rows = np.arange(n) if not quick else np.linspace(0, n - 1, 100).astype(int)
-    return identity_consistency(engine, engine.baseline, data, rows=rows, seeds=range(8))
-
-
-def bench_consistency_quick(engine, data, quick: bool) -> dict:
-    """The consistency figure for the apps' quick draw: every picture drawn once (no best of K)."""
-    if engine.baseline is None:
-        return {"skipped": "no baseline in these weights"}
-    n = engine.num_identities
-    rows = np.arange(n) if not quick else np.linspace(0, n - 1, 100).astype(int)
-    return identity_consistency(engine, engine.baseline, data, rows=rows, seeds=range(8), candidates=1)
+    return identity_consistency(engine, engine.baseline, data, rows=rows, seeds=range(8), candidates=candidates)
 
 
 def bench_inversion(engine, data, quick: bool) -> dict:
@@ -887,7 +880,7 @@ def main() -> None:
              "retrieval": lambda: bench_retrieval(engine, a.data),
              "centralization": lambda: bench_centralization(engine, a.data, a.quick),
              "consistency": lambda: bench_consistency(engine, a.data, a.quick),
-             "consistency_quick": lambda: bench_consistency_quick(engine, a.data, a.quick),
+             "consistency_quick": lambda: bench_consistency(engine, a.data, a.quick, candidates=1),
              "inversion": lambda: bench_inversion(engine, a.data, a.quick),
              "speed": lambda: bench_speed(engine, a.weights, a.quick),
              "pose": lambda: bench_pose(engine, a.data, a.quick),

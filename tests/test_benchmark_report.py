@@ -62,7 +62,7 @@ def test_the_quick_draw_figure_draws_each_picture_once(bench, tiny_weights, synt
                for k in (1, 3) for r in rows for s in seeds]
     assert np.array_equal(quick, np.stack(by_hand[:6])) and np.array_equal(best, np.stack(by_hand[6:]))
     assert not np.array_equal(quick, best)
-    out = bench.bench_consistency_quick(engine, synthetic_market, quick=True)
+    out = bench.bench_consistency(engine, synthetic_market, quick=True, candidates=1)
     assert out["identity_candidates"] == 1 and engine.identity_candidates == 3
     again = identity_consistency(engine, engine.baseline, synthetic_market, rows=np.linspace(
         0, engine.num_identities - 1, 100).astype(int), seeds=range(8), candidates=1)
