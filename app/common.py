@@ -59,7 +59,7 @@ def draw_candidates(engine, choice) -> int | None:
 
 def draw_words(engine, candidates: int | None) -> str:
     """For a caption: 'best of 6' or 'one draw'."""
-    k = engine.identity_candidates if candidates is None else candidates
+    k = engine.candidate_count(candidates)
     return f"best of {k}" if k > 1 else "one draw"
 
 

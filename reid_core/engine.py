@@ -375,7 +375,7 @@ class ReIDEngine:
             if seed is None:
                 raise ValueError("give a seed or a noise")
             seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
-            k = self._candidate_count(candidates)
+            k = self.candidate_count(candidates)
         else:
             z = np.asarray(noise, dtype=np.float32)
             z = z[None] if z.ndim == 3 else z
@@ -397,7 +397,7 @@ class ReIDEngine:
         seed's own first, then the ones derived from it (`candidate_seeds`)."""
         return np.stack([self.noise(seeds), *(self.noise(candidate_seeds(seeds, j)) for j in range(1, k))])
 
-    def _candidate_count(self, candidates: int | None) -> int:
+    def candidate_count(self, candidates: int | None) -> int:
         """How many times a picture is drawn: `candidates`, else the engine's `identity_candidates`."""
         k = self.identity_candidates if candidates is None else int(candidates)
         if k < 1:
@@ -628,7 +628,7 @@ class ReIDEngine:
         if ids.ndim != 2 or np.ndim(noises) != 4 or len(ids) != len(noises):
             raise ValueError("swap_arrays takes as many identities (B, id_dim) as noises (B, 3, H, W)")
         seeds = [int(seed) + i for i in range(len(noises))]
-        k = 1 if float(keep) >= 1.0 else self._candidate_count(candidates)
+        k = 1 if float(keep) >= 1.0 else self.candidate_count(candidates)
         z = np.stack([self._swap_noise(noises, keep, seeds if j == 0 else candidate_seeds(seeds, j)) for j in range(k)])
         return [Image.fromarray(a) for a in to_uint8(self._draw(ids, z))]
 

@@ -204,7 +204,7 @@ def generate_rows(engine, rows, seeds, pose=None, batch: int = 256, candidates: 
     rows = np.asarray(rows)
     ids = np.repeat(engine.identity_table[rows], len(seeds), 0)
     all_seeds = [int(r) * 1000 + int(s) for r in rows for s in seeds]
-    k = engine.identity_candidates if candidates is None else int(candidates)
+    k = engine.candidate_count(candidates)
     batch = max(1, batch // k)
     out = []
     for i in range(0, len(ids), batch):
@@ -333,7 +333,7 @@ def identity_consistency(engine, judge, data, rows=None, seeds=tuple(range(8)), 
     rows = np.arange(engine.num_identities) if rows is None else np.asarray(rows)
     seeds = list(seeds)
     t0 = time.perf_counter()
-    k = engine.identity_candidates if candidates is None else int(candidates)
+    k = engine.candidate_count(candidates)
     imgs = generate_rows(engine, rows, seeds, candidates=k)
     pred, probs = classify_images(judge, imgs, device=engine.device, return_probs=True)
     truth = np.repeat(rows, len(seeds))

@@ -183,8 +183,8 @@ class Explorer:
     # ---- generation and inversion
     def _generation_key(self, identity, seeds, steps, candidates=None):
         vector = self.engine.resolve_identity(identity)
-        k = self.engine.identity_candidates if candidates is None else int(candidates)
-        return vector, (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps, k)
+        return vector, (vector.astype(np.float32).tobytes(), tuple(int(s) for s in seeds), steps,
+                        self.engine.candidate_count(candidates))
 
     def _inversion_key(self, photo, method):
         arr = self.engine.prepare(photo)  # raises ImageError for a bad upload
